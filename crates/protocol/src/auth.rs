@@ -1,0 +1,84 @@
+//! Sign-in, refresh, session and key-discovery messages.
+
+use serde::{Deserialize, Serialize};
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The stable user id (the token's `sub`).
+    pub id: String,
+    pub username: String,
+}
+
+/// 200 answer of `POST /v1/auth/token`, for both grants.
+///
+/// Its `Debug` leaves the tokens out, so it can never leak into a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub refresh_token: String,
+    /// Seconds until the session (and so every refresh token of it) ends.
+    pub refresh_expires_in: u64,
+    pub session_id: String,
+    pub user: UserInfo,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &"<redacted>")
+            .field("refresh_expires_in", &self.refresh_expires_in)
+            .field("session_id", &self.session_id)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+/// 200 answer of `GET /v1/auth/session`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub user: UserInfo,
+    /// The presented access token's `exp`.
+    pub expires_at: i64,
+    /// When the session ends (the refresh token's absolute expiry).
+    pub refresh_expires_at: i64,
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerMetadata {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub revocation_endpoint: String,
+    pub jwks_uri: String,
+    pub grant_types_supported: Vec<String>,
+}
+
+/// One public signing key (RFC 8037 OKP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kty: String,
+    #[serde(default)]
+    pub crv: String,
+    #[serde(default)]
+    pub x: String,
+    #[serde(default)]
+    pub kid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub use_: Option<String>,
+}
+
+/// `GET /.well-known/jwks.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}

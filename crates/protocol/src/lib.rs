@@ -1,0 +1,26 @@
+//! The Latchkey wire contract (`PROTOCOL.md`), defined once and shared by the
+//! client engine and the server: every request, response, claim set and error
+//! code, plus the one access-token verifier both sides use.
+
+pub mod auth;
+pub mod error;
+pub mod sync;
+pub mod token;
+
+pub use auth::{Jwk, Jwks, ServerMetadata, SessionInfo, TokenResponse, UserInfo};
+pub use error::{ErrorBody, ErrorCode, Reason};
+pub use sync::{
+    Change, Op, OpResult, OpStatus, PullResponse, PushRequest, PushResponse, ServerNote,
+};
+pub use token::{Claims, KeySet, TokenError};
+
+/// The `aud` of every access token.
+pub const AUDIENCE: &str = "latchkey";
+/// The JOSE `typ` of an access token (RFC 9068).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// The only signing algorithm Latchkey accepts.
+pub const ALGORITHM: &str = "EdDSA";
+/// Largest access token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Largest clock leeway either side may be configured with, in seconds.
+pub const MAX_LEEWAY_SECS: u64 = 60;

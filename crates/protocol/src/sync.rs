@@ -1,0 +1,154 @@
+//! `POST /v1/sync/push` and `GET /v1/sync/pull`.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Most ops one push may carry.
+pub const MAX_OPS_PER_PUSH: usize = 1000;
+/// Largest push body, in bytes.
+pub const MAX_PUSH_BYTES: usize = 8 * 1024 * 1024;
+/// Largest note title, in bytes of UTF-8.
+pub const MAX_TITLE_BYTES: usize = 4 * 1024;
+/// Largest note body, in bytes of UTF-8.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Default and largest page size of a pull.
+pub const DEFAULT_PULL_LIMIT: u32 = 500;
+pub const MAX_PULL_LIMIT: u32 = 1000;
+/// A pull page stops early once it holds about this many bytes of notes.
+pub const PULL_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The body of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub ops: Vec<Op>,
+}
+
+/// One queued change. `op_id` makes a retried push safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Op {
+    Upsert {
+        op_id: Uuid,
+        note_id: Uuid,
+        /// The rev this edit was made on; 0 for a new note.
+        base_rev: i64,
+        title: String,
+        body: String,
+        client_time: i64,
+    },
+    Delete {
+        op_id: Uuid,
+        note_id: Uuid,
+        base_rev: i64,
+    },
+}
+
+impl Op {
+    pub fn op_id(&self) -> Uuid {
+        match self {
+            Op::Upsert { op_id, .. } | Op::Delete { op_id, .. } => *op_id,
+        }
+    }
+
+    pub fn note_id(&self) -> Uuid {
+        match self {
+            Op::Upsert { note_id, .. } | Op::Delete { note_id, .. } => *note_id,
+        }
+    }
+
+    pub fn base_rev(&self) -> i64 {
+        match self {
+            Op::Upsert { base_rev, .. } | Op::Delete { base_rev, .. } => *base_rev,
+        }
+    }
+}
+
+impl PushRequest {
+    /// Checks the limits serde cannot: op count, negative revs, title and
+    /// body sizes. A push is validated whole before anything is applied.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ops.len() > MAX_OPS_PER_PUSH {
+            return Err(format!(
+                "a push carries at most {MAX_OPS_PER_PUSH} ops, this one has {}",
+                self.ops.len()
+            ));
+        }
+        for (i, op) in self.ops.iter().enumerate() {
+            if op.base_rev() < 0 {
+                return Err(format!("ops[{i}].base_rev must not be negative"));
+            }
+            if let Op::Upsert { title, body, .. } = op {
+                if title.len() > MAX_TITLE_BYTES {
+                    return Err(format!("ops[{i}].title is over {MAX_TITLE_BYTES} bytes"));
+                }
+                if body.len() > MAX_BODY_BYTES {
+                    return Err(format!("ops[{i}].body is over {MAX_BODY_BYTES} bytes"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpStatus {
+    Applied,
+    Duplicate,
+    Conflict,
+}
+
+/// One entry of a push answer, in the order of the ops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    pub op_id: Uuid,
+    pub status: OpStatus,
+    pub note_id: Uuid,
+    /// The note's rev after this op (for a conflict: the server's rev).
+    pub rev: i64,
+    /// For `duplicate`: what the first push of this op got (`applied` or
+    /// `conflict`). An addition to PROTOCOL.md a v1 client may ignore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_status: Option<OpStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_copy_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_rev: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_note: Option<ServerNote>,
+}
+
+/// The 200 answer of a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushResponse {
+    pub results: Vec<OpResult>,
+    /// The user's latest rev. Informative only: never a pull cursor.
+    pub cursor: i64,
+}
+
+/// A note as the server holds it. Deleted notes are tombstones with an
+/// empty title and body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub note_id: Uuid,
+    pub rev: i64,
+    pub title: String,
+    pub body: String,
+    pub deleted: bool,
+    pub updated_at: i64,
+    /// Set on a conflict copy: the note it was split from.
+    #[serde(default)]
+    pub conflict_of: Option<Uuid>,
+}
+
+/// The server's version of a note, as carried by a `conflict` result.
+pub type ServerNote = Change;
+
+/// The 200 answer of a pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub changes: Vec<Change>,
+    pub cursor: i64,
+    pub more: bool,
+}

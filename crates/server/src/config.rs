@@ -1,0 +1,147 @@
+//! The command line. Every flag also reads `LATCHKEY_<FLAG>`; durations are
+//! humantime (`2s`, `15m`, `30d`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The Latchkey auth + sync server.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey-server", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// Where the database lives; shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DbArg {
+    /// The SQLite database file (created, mode 0600, if missing).
+    #[arg(long, env = "LATCHKEY_DB", default_value = "./latchkey-server.db")]
+    pub db: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 30s, 15m, 30d)"))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port (logged at start).
+    #[arg(long, env = "LATCHKEY_ADDR", default_value = "127.0.0.1:8787")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The issuer URL put in every token's `iss` [default: http(s)://ADDR].
+    #[arg(long, env = "LATCHKEY_ISSUER")]
+    pub issuer: Option<String>,
+    /// Access-token lifetime.
+    #[arg(long, env = "LATCHKEY_ACCESS_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_ttl: Duration,
+    /// Absolute session lifetime: how long a sign-in lasts with refreshes.
+    #[arg(long, env = "LATCHKEY_REFRESH_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_ttl: Duration,
+    /// Clock leeway for `exp`/`nbf` (at most 60s).
+    #[arg(long, env = "LATCHKEY_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub leeway: Duration,
+    /// Create the user `demo` with a generated password (kept beside the
+    /// database, mode 0600) and print the credentials at every start.
+    #[arg(long, env = "LATCHKEY_DEMO")]
+    pub demo: bool,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, env = "LATCHKEY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "LATCHKEY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (passwords and tokens then
+    /// cross the network in clear: only behind a TLS-terminating proxy).
+    #[arg(long, env = "LATCHKEY_INSECURE_HTTP")]
+    pub insecure_http: bool,
+}
+
+impl ServeArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.leeway > Duration::from_secs(latchkey_protocol::MAX_LEEWAY_SECS) {
+            return Err("--leeway may be at most 60s".into());
+        }
+        if self.access_ttl < Duration::from_secs(1) {
+            return Err("--access-ttl must be at least 1s".into());
+        }
+        if self.refresh_ttl < Duration::from_secs(1) {
+            return Err("--refresh-ttl must be at least 1s".into());
+        }
+        if self.tls_cert.is_none() && !self.addr.ip().is_loopback() && !self.insecure_http {
+            return Err(format!(
+                "refusing to serve plain HTTP on {}, a non-loopback address: passwords and \
+                 tokens would cross the network in clear. Give --tls-cert and --tls-key, \
+                 or --insecure-http if a TLS proxy sits in front",
+                self.addr
+            ));
+        }
+        if let Some(issuer) = &self.issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            return Err("--issuer must be an http:// or https:// URL".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user. Prompts for the password unless --password-stdin.
+    Add {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN")]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Revoke every session of a user (a running server notices within 1 s).
+    Revoke {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new current signing key; the old one stays in the JWKS while
+    /// tokens it signed may still be valid.
+    Rotate {
+        #[command(flatten)]
+        db: DbArg,
+    },
+}

@@ -1,0 +1,151 @@
+//! The server's one error type. Every failure leaves through
+//! [`AppError::into_response`]: the protocol's error body, the right status,
+//! `WWW-Authenticate` on a 401, `Retry-After` on a 429, and for a 5xx a
+//! generic body while the cause goes to the log.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use latchkey_protocol::{ErrorBody, ErrorCode, Reason};
+
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Malformed JSON or form, a missing or mistyped field, a limit exceeded.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The body is not of the content type the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body is over the endpoint's limit.
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Wrong credentials, or a refresh token that is unknown, spent, expired
+    /// or revoked.
+    #[error("{description}")]
+    InvalidGrant {
+        reason: Reason,
+        description: &'static str,
+    },
+    /// A grant type other than `password` or `refresh_token`.
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    /// The bearer token is missing, malformed, forged, expired or revoked.
+    #[error("{description}")]
+    InvalidToken {
+        description: String,
+        reason: Option<Reason>,
+        /// False when no token was sent at all (RFC 6750 §3.1).
+        token_sent: bool,
+    },
+    /// Too many failed sign-ins.
+    #[error("too many failed sign-in attempts; try again in {retry_after} seconds")]
+    SlowDown { retry_after: u64 },
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The route does not take this method.
+    #[error("this endpoint does not accept that method")]
+    MethodNotAllowed,
+    /// A failure of the server itself (storage, a bug); logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::Internal(e.into())
+    }
+}
+
+impl AppError {
+    pub fn invalid_token(description: impl Into<String>, reason: Option<Reason>) -> Self {
+        AppError::InvalidToken {
+            description: description.into(),
+            reason,
+            token_sent: true,
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            AppError::InvalidRequest(_)
+            | AppError::InvalidGrant { .. }
+            | AppError::UnsupportedGrantType(_) => StatusCode::BAD_REQUEST,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            AppError::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> ErrorCode {
+        match self {
+            AppError::InvalidRequest(_) | AppError::UnsupportedMediaType(_) => {
+                ErrorCode::InvalidRequest
+            }
+            AppError::TooLarge { .. } => ErrorCode::RequestTooLarge,
+            AppError::InvalidGrant { .. } => ErrorCode::InvalidGrant,
+            AppError::UnsupportedGrantType(_) => ErrorCode::UnsupportedGrantType,
+            AppError::InvalidToken { .. } => ErrorCode::InvalidToken,
+            AppError::SlowDown { .. } => ErrorCode::SlowDown,
+            AppError::NotFound => ErrorCode::NotFound,
+            AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            AppError::Internal(_) => ErrorCode::ServerError,
+        }
+    }
+
+    fn reason(&self) -> Option<Reason> {
+        match self {
+            AppError::InvalidGrant { reason, .. } => Some(*reason),
+            AppError::InvalidToken { reason, .. } => *reason,
+            _ => None,
+        }
+    }
+}
+
+/// The body every error response carries, built in one place.
+pub fn error_response(status: StatusCode, body: ErrorBody) -> Response {
+    let mut res = (status, axum::Json(body)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let description = match &self {
+            AppError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                "the server failed to handle the request; try again later".to_string()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorBody {
+            error: self.code(),
+            error_description: description,
+            reason: self.reason(),
+        };
+        let mut res = error_response(status, body);
+        let headers = res.headers_mut();
+        match &self {
+            AppError::InvalidToken { token_sent, .. } => {
+                let value = if *token_sent {
+                    r#"Bearer realm="latchkey", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="latchkey""#
+                };
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+            }
+            AppError::SlowDown { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        res
+    }
+}

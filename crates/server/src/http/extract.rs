@@ -1,0 +1,165 @@
+//! Body extractors that answer in the protocol's terms: 415 for a wrong
+//! content type, 413 past the endpoint's limit, 400 `invalid_request` for
+//! anything malformed (never a framework default such as 422).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, request::Parts};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+
+/// Limit of a form-encoded auth request.
+pub const FORM_LIMIT: usize = 16 * 1024;
+
+/// Whether the request's media type (ignoring parameters) is `expected`.
+pub fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(expected))
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, AppError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(AppError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(AppError::TooLarge { limit })
+        }
+        Err(_) => Err(AppError::InvalidRequest(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// A JSON body of at most `LIMIT` bytes.
+pub struct JsonBody<T, const LIMIT: usize>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
+    for JsonBody<T, LIMIT>
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
+        let (parts, body) = req.into_parts();
+        if !has_content_type(&parts.headers, "application/json") {
+            return Err(AppError::UnsupportedMediaType(
+                "the request body must be application/json".into(),
+            ));
+        }
+        let bytes = read_body(&parts.headers, body, LIMIT).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| AppError::InvalidRequest(json_error(&e)))
+    }
+}
+
+/// Says what is wrong with a JSON body, briefly.
+fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let place = format!("line {} column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            format!("the body is not valid JSON (at {place})")
+        }
+        Category::Data => {
+            // serde names the field and the expected type; the value it
+            // may quote came from this very request.
+            let msg = e.to_string();
+            let msg: String = msg
+                .split(" at line")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
+            format!("the body does not match the expected shape: {msg} (at {place})")
+        }
+    }
+}
+
+/// A form-encoded body (`application/x-www-form-urlencoded`), each field
+/// at most once (RFC 6749 §3.2).
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A field that must be present and non-empty.
+    pub fn require(&self, name: &str) -> Result<&str, AppError> {
+        match self.get(name) {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(AppError::InvalidRequest(format!(
+                "the field {name} is missing"
+            ))),
+        }
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, AppError> {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for (k, v) in form_urlencoded::parse(bytes) {
+            if fields.iter().any(|(seen, _)| *seen == k) {
+                return Err(AppError::InvalidRequest(format!(
+                    "the field {k} is given more than once"
+                )));
+            }
+            fields.push((k.into_owned(), v.into_owned()));
+        }
+        Ok(Form(fields))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Form {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, AppError> {
+        let (parts, body) = req.into_parts();
+        if !has_content_type(&parts.headers, "application/x-www-form-urlencoded") {
+            return Err(AppError::UnsupportedMediaType(
+                "the request body must be application/x-www-form-urlencoded".into(),
+            ));
+        }
+        let bytes = read_body(&parts.headers, body, FORM_LIMIT).await?;
+        if std::str::from_utf8(&bytes).is_err() {
+            return Err(AppError::InvalidRequest(
+                "the form is not valid UTF-8".into(),
+            ));
+        }
+        Form::parse(&bytes)
+    }
+}
+
+/// The client's address, for throttling: the TCP peer (proxies' headers are
+/// not trusted).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip()),
+        ))
+    }
+}

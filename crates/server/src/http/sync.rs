@@ -1,0 +1,62 @@
+//! Push and pull of notes.
+
+use axum::extract::{RawQuery, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use latchkey_protocol::sync::{DEFAULT_PULL_LIMIT, MAX_PULL_LIMIT, MAX_PUSH_BYTES};
+use latchkey_protocol::{PullResponse, PushRequest, PushResponse};
+
+use super::extract::JsonBody;
+use crate::auth::Authed;
+use crate::error::{AppError, Result};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sync/push", post(push))
+        .route("/v1/sync/pull", get(pull))
+}
+
+async fn push(
+    State(state): State<AppState>,
+    authed: Authed,
+    JsonBody(req): JsonBody<PushRequest, MAX_PUSH_BYTES>,
+) -> Result<Json<PushResponse>> {
+    req.validate().map_err(AppError::InvalidRequest)?;
+    let answer = state
+        .store
+        .push(&authed.session.user_id, req.ops, crate::now())
+        .await?;
+    Ok(Json(answer))
+}
+
+async fn pull(
+    State(state): State<AppState>,
+    authed: Authed,
+    RawQuery(query): RawQuery,
+) -> Result<Json<PullResponse>> {
+    let mut since = 0i64;
+    let mut limit = DEFAULT_PULL_LIMIT;
+    for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match &*k {
+            "since" => {
+                since = v.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(|| {
+                    AppError::InvalidRequest("since must be a non-negative integer".into())
+                })?;
+            }
+            "limit" => {
+                let n = v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    AppError::InvalidRequest("limit must be a positive integer".into())
+                })?;
+                limit = n.min(u64::from(MAX_PULL_LIMIT)) as u32;
+            }
+            _ => {}
+        }
+    }
+    Ok(Json(
+        state
+            .store
+            .pull(&authed.session.user_id, since, limit)
+            .await?,
+    ))
+}

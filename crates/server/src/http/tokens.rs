@@ -1,0 +1,200 @@
+//! Sign-in, refresh, logout and the session check.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use latchkey_protocol::{Reason, SessionInfo, TokenResponse, UserInfo};
+
+use super::extract::{ClientIp, Form};
+use crate::auth::{Authed, bearer, issue_access_token, random_token, token_hash, verify_signed};
+use crate::error::{AppError, Result};
+use crate::state::AppState;
+use crate::store::{RefreshOutcome, SessionRecord};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/token", post(token))
+        .route("/v1/auth/revoke", post(revoke))
+        .route("/v1/auth/session", get(session))
+}
+
+/// Token answers must never be cached (RFC 6749 §5.1).
+fn no_store(body: TokenResponse) -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(body),
+    )
+}
+
+async fn token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    form: Form,
+) -> Result<impl IntoResponse> {
+    let now = crate::now();
+    let answer = match form.require("grant_type")? {
+        "password" => password_grant(&state, &form, ip, now).await?,
+        "refresh_token" => refresh_grant(&state, &form, now).await?,
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(AppError::UnsupportedGrantType(format!(
+                "the grant type {shown:?} is not supported; use password or refresh_token"
+            )));
+        }
+    };
+    Ok(no_store(answer))
+}
+
+fn token_response(
+    state: &AppState,
+    session: &SessionRecord,
+    refresh_token: String,
+    now: i64,
+) -> TokenResponse {
+    let (access_token, expires_in) = issue_access_token(state, session, now);
+    TokenResponse {
+        access_token,
+        token_type: "Bearer".into(),
+        expires_in,
+        refresh_token,
+        refresh_expires_in: (session.expires_at - now).max(0) as u64,
+        session_id: session.id.clone(),
+        user: UserInfo {
+            id: session.user_id.clone(),
+            username: session.username.clone(),
+        },
+    }
+}
+
+async fn password_grant(
+    state: &AppState,
+    form: &Form,
+    ip: std::net::IpAddr,
+    now: i64,
+) -> Result<TokenResponse> {
+    let username = form.require("username")?;
+    let password = form
+        .get("password")
+        .ok_or_else(|| AppError::InvalidRequest("the field password is missing".into()))?;
+    let attempt = state
+        .throttle
+        .begin(username, ip, now)
+        .map_err(|retry_after| AppError::SlowDown { retry_after })?;
+    let user = state.store.find_user(username).await?;
+    let ok = state
+        .hasher
+        .verify(
+            password.to_owned(),
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await?;
+    let (true, Some(user)) = (ok, user) else {
+        tracing::info!(%ip, "failed sign-in");
+        return Err(AppError::InvalidGrant {
+            reason: Reason::Invalid,
+            description: "the username or password is wrong",
+        });
+    };
+    state.throttle.succeeded(attempt);
+    let refresh_token = random_token();
+    let sid = uuid::Uuid::new_v4().to_string();
+    let expires_at = now + state.settings.refresh_ttl as i64;
+    let session = state
+        .store
+        .create_session(&user, &sid, token_hash(&refresh_token), now, expires_at)
+        .await?;
+    state.sessions.insert(session.clone());
+    Ok(token_response(state, &session, refresh_token, now))
+}
+
+async fn refresh_grant(state: &AppState, form: &Form, now: i64) -> Result<TokenResponse> {
+    let presented = token_hash(form.require("refresh_token")?);
+    let refresh_token = random_token();
+    match state
+        .store
+        .refresh(presented, token_hash(&refresh_token), now)
+        .await?
+    {
+        RefreshOutcome::Rotated(session) => Ok(token_response(state, &session, refresh_token, now)),
+        RefreshOutcome::Refused(reason) => {
+            if reason == Reason::Reused {
+                // The store just revoked the session: every token of it must
+                // fail from the very next request, not the next poll.
+                state.sessions.poll(state.store.as_ref(), now).await?;
+            }
+            let description = match reason {
+                Reason::Reused => {
+                    "the refresh token was already used; the session has been revoked"
+                }
+                Reason::Revoked => "the session has been revoked",
+                Reason::Expired => "the session has expired; sign in again",
+                _ => "the refresh token is not valid",
+            };
+            Err(AppError::InvalidGrant {
+                reason,
+                description,
+            })
+        }
+    }
+}
+
+/// Logout (RFC 7009): a refresh token in the form, or the access token as
+/// Bearer with an empty body. 200 whatever the token.
+async fn revoke(State(state): State<AppState>, req: Request) -> Result<impl IntoResponse> {
+    let now = crate::now();
+    let (parts, body) = req.into_parts();
+    let bytes = super::read_body(&parts.headers, body, super::extract::FORM_LIMIT).await?;
+    if !bytes.is_empty() {
+        if !super::has_content_type(&parts.headers, "application/x-www-form-urlencoded") {
+            return Err(AppError::UnsupportedMediaType(
+                "the request body must be application/x-www-form-urlencoded".into(),
+            ));
+        }
+        let form = Form::parse(&bytes)?;
+        if let Some(token) = form.get("token").filter(|t| !t.is_empty()) {
+            if let Some(sid) = state
+                .store
+                .revoke_by_refresh(token_hash(token), now)
+                .await?
+            {
+                state.sessions.mark_revoked(&sid, Reason::Revoked, now);
+            }
+            return Ok(Json(serde_json::json!({})));
+        }
+    }
+    // An access token ends its session even when expired: logging out late
+    // must still work. Its signature must be good, though.
+    let Some(token) = bearer(&parts)? else {
+        return Err(AppError::InvalidRequest(
+            "send the refresh token as the form field token, or the access token as Bearer".into(),
+        ));
+    };
+    let claims = verify_signed(&state, token)?;
+    if state
+        .store
+        .revoke_session(&claims.sid, Reason::Revoked, now)
+        .await?
+    {
+        state
+            .sessions
+            .mark_revoked(&claims.sid, Reason::Revoked, now);
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn session(authed: Authed) -> Json<SessionInfo> {
+    Json(SessionInfo {
+        session_id: authed.session.id,
+        user: UserInfo {
+            id: authed.session.user_id,
+            username: authed.session.username,
+        },
+        expires_at: authed.claims.exp,
+        refresh_expires_at: authed.session.expires_at,
+    })
+}

@@ -1,0 +1,763 @@
+//! The SQLite backend: one file, WAL, `synchronous=FULL` (an acknowledged
+//! push survives a power cut), versioned migrations.
+//!
+//! All writes go through one connection behind a mutex, so this process
+//! never races itself for the write lock (no `SQLITE_BUSY` under load) and
+//! each user's revs commit in order; reads use a small pool of their own
+//! connections. Other processes (the CLI) wait on `busy_timeout`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use latchkey_protocol::{
+    Change, Op, OpResult, OpStatus, PullResponse, PushResponse, Reason, sync::PULL_PAGE_BYTES,
+};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use uuid::Uuid;
+
+use super::{
+    KeyRecord, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, Revocation, SessionRecord, Store,
+    StoreError, TokenHash, UserRecord,
+};
+
+/// The migrations, in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            TEXT PRIMARY KEY,
+    username      TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_rev      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE sessions (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users(id),
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    revoked_at     INTEGER,
+    revoked_reason TEXT
+);
+CREATE INDEX sessions_user ON sessions(user_id);
+CREATE TABLE refresh_tokens (
+    hash       BLOB PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES sessions(id),
+    parent     BLOB,
+    created_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE INDEX refresh_tokens_session ON refresh_tokens(session_id);
+CREATE INDEX refresh_tokens_parent ON refresh_tokens(parent);
+CREATE TABLE revocations (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    at         INTEGER NOT NULL
+);
+CREATE TABLE signing_keys (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kid        TEXT NOT NULL UNIQUE,
+    secret     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+);
+CREATE TABLE notes (
+    user_id     TEXT NOT NULL REFERENCES users(id),
+    note_id     TEXT NOT NULL,
+    rev         INTEGER NOT NULL,
+    title       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    deleted     INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    conflict_of TEXT,
+    PRIMARY KEY (user_id, note_id)
+);
+CREATE UNIQUE INDEX notes_user_rev ON notes(user_id, rev);
+CREATE TABLE ops (
+    user_id    TEXT NOT NULL,
+    op_id      TEXT NOT NULL,
+    result     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, op_id)
+) WITHOUT ROWID;
+"#];
+
+/// Conflict-copy ids are derived from the op id, so a retried push makes
+/// the same copy.
+const CONFLICT_COPY_NAMESPACE: Uuid = Uuid::from_u128(0x6c61_7463_686b_6579_2d63_6f70_7921_0001);
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating, mode 0600) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        create_private(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = connect(path, false).map_err(open_err)?;
+        migrate(&mut conn).map_err(|e| match e {
+            StoreError::Db(source) => open_err(source),
+            other => other,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => connect(&path, true)?,
+            };
+            let out = f(&conn);
+            let mut pool = readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+            out
+        })
+        .await?
+    }
+}
+
+/// Creates the file with mode 0600 if it does not exist, so that neither
+/// the database nor its WAL (which SQLite gives the same mode) is ever
+/// readable by other users.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path).map(drop)
+}
+
+fn connect(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Reading the schema fails here, with a clear error, on a non-database.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::TooNew {
+            found: version,
+            supported,
+        });
+    }
+    for sql in &MIGRATIONS[version as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn reason_from_db(s: Option<String>) -> Option<Reason> {
+    s.map(|s| match Reason::parse(&s) {
+        Reason::Unknown => Reason::Revoked,
+        r => r,
+    })
+}
+
+const SESSION_SELECT: &str = "SELECT s.id, s.user_id, u.username, s.created_at, s.expires_at, \
+     s.revoked_reason FROM sessions s JOIN users u ON u.id = s.user_id";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.get(0)?,
+        user_id: r.get(1)?,
+        username: r.get(2)?,
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        revoked: reason_from_db(r.get(5)?),
+    })
+}
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        password_hash: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+fn get_session(conn: &Connection, id: &str) -> Result<Option<SessionRecord>> {
+    Ok(conn
+        .query_row(
+            &format!("{SESSION_SELECT} WHERE s.id = ?1"),
+            [id],
+            session_row,
+        )
+        .optional()?)
+}
+
+fn revoke(tx: &Transaction<'_>, session_id: &str, reason: Reason, now: i64) -> Result<bool> {
+    let changed = tx.execute(
+        "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 \
+         WHERE id = ?1 AND revoked_at IS NULL",
+        params![session_id, now, reason.as_str()],
+    )?;
+    if changed > 0 {
+        tx.execute(
+            "INSERT INTO revocations (session_id, reason, at) VALUES (?1, ?2, ?3)",
+            params![session_id, reason.as_str(), now],
+        )?;
+    }
+    Ok(changed > 0)
+}
+
+fn load_note(tx: &Transaction<'_>, user_id: &str, note_id: &str) -> Result<Option<Change>> {
+    tx.query_row(
+        "SELECT note_id, rev, title, body, deleted, updated_at, conflict_of \
+         FROM notes WHERE user_id = ?1 AND note_id = ?2",
+        params![user_id, note_id],
+        change_row,
+    )
+    .optional()?
+    .transpose()
+}
+
+fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Change>> {
+    let note_id: String = r.get(0)?;
+    let conflict_of: Option<String> = r.get(6)?;
+    let parse =
+        |s: &str| Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("note id {s:?}")));
+    let change = (|| {
+        Ok(Change {
+            note_id: parse(&note_id)?,
+            rev: r.get(1)?,
+            title: r.get(2)?,
+            body: r.get(3)?,
+            deleted: r.get(4)?,
+            updated_at: r.get(5)?,
+            conflict_of: conflict_of.as_deref().map(parse).transpose()?,
+        })
+    })();
+    Ok(change)
+}
+
+fn write_note(tx: &Transaction<'_>, user_id: &str, note: &Change) -> Result<()> {
+    tx.execute(
+        "INSERT INTO notes (user_id, note_id, rev, title, body, deleted, updated_at, conflict_of) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (user_id, note_id) DO UPDATE SET rev = excluded.rev, title = excluded.title, \
+         body = excluded.body, deleted = excluded.deleted, updated_at = excluded.updated_at",
+        params![
+            user_id,
+            note.note_id.to_string(),
+            note.rev,
+            note.title,
+            note.body,
+            note.deleted,
+            note.updated_at,
+            note.conflict_of.map(|u| u.to_string()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Applies one op (not seen before) and says what happened.
+fn apply_op(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    op: &Op,
+    last_rev: &mut i64,
+    now: i64,
+) -> Result<OpResult> {
+    let note_id = op.note_id();
+    let current = load_note(tx, user_id, &note_id.to_string())?;
+    let current_rev = current.as_ref().map_or(0, |n| n.rev);
+    let mut result = OpResult {
+        op_id: op.op_id(),
+        status: OpStatus::Applied,
+        note_id,
+        rev: current_rev,
+        original_status: None,
+        conflict_copy_id: None,
+        copy_rev: None,
+        server_note: None,
+    };
+    let mut next_rev = || {
+        *last_rev += 1;
+        *last_rev
+    };
+    if op.base_rev() == current_rev {
+        let note = match op {
+            Op::Upsert { title, body, .. } => Change {
+                note_id,
+                rev: next_rev(),
+                title: title.clone(),
+                body: body.clone(),
+                deleted: false,
+                updated_at: now,
+                conflict_of: current.as_ref().and_then(|n| n.conflict_of),
+            },
+            // Deleting what is already a tombstone changes nothing.
+            Op::Delete { .. } if current.as_ref().is_some_and(|n| n.deleted) => return Ok(result),
+            Op::Delete { .. } => Change {
+                note_id,
+                rev: next_rev(),
+                title: String::new(),
+                body: String::new(),
+                deleted: true,
+                updated_at: now,
+                conflict_of: current.as_ref().and_then(|n| n.conflict_of),
+            },
+        };
+        write_note(tx, user_id, &note)?;
+        result.rev = note.rev;
+        return Ok(result);
+    }
+    // A conflict: the server's version stays. A note the server does not
+    // have at all (a base from the future) is shown as an empty tombstone.
+    result.status = OpStatus::Conflict;
+    result.server_note = Some(current.unwrap_or(Change {
+        note_id,
+        rev: 0,
+        title: String::new(),
+        body: String::new(),
+        deleted: true,
+        updated_at: now,
+        conflict_of: None,
+    }));
+    if let Op::Upsert {
+        op_id, title, body, ..
+    } = op
+    {
+        let copy = Change {
+            note_id: Uuid::new_v5(&CONFLICT_COPY_NAMESPACE, op_id.as_bytes()),
+            rev: next_rev(),
+            title: format!("{title} (conflict copy)"),
+            body: body.clone(),
+            deleted: false,
+            updated_at: now,
+            conflict_of: Some(note_id),
+        };
+        write_note(tx, user_id, &copy)?;
+        result.conflict_copy_id = Some(copy.note_id);
+        result.copy_rev = Some(copy.rev);
+    }
+    Ok(result)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<UserRecord> {
+        let user = UserRecord {
+            id: Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at: now,
+        };
+        let u = user.clone();
+        self.write(move |tx| {
+            let taken = tx
+                .query_row("SELECT 1 FROM users WHERE username = ?1", [&u.username], |_| Ok(()))
+                .optional()?;
+            if taken.is_some() {
+                return Err(StoreError::UserExists(u.username));
+            }
+            tx.execute(
+                "INSERT INTO users (id, username, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![u.id, u.username, u.password_hash, u.created_at],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(user)
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+                params![username, hash],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn find_user(&self, username: &str) -> Result<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT id, username, password_hash, created_at FROM users WHERE username = ?1",
+                [username],
+                user_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, username, password_hash, created_at FROM users ORDER BY username",
+            )?;
+            let rows = stmt
+                .query_map([], user_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        user: &UserRecord,
+        session_id: &str,
+        refresh: TokenHash,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<SessionRecord> {
+        let record = SessionRecord {
+            id: session_id.to_owned(),
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            created_at: now,
+            expires_at,
+            revoked: None,
+        };
+        let r = record.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![r.id, r.user_id, r.created_at, r.expires_at],
+            )?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES (?1, ?2, ?3)",
+                params![&refresh[..], r.id, now],
+            )?;
+            Ok(())
+        })
+        .await?;
+        Ok(record)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        let id = session_id.to_owned();
+        self.read(move |c| get_session(c, &id)).await
+    }
+
+    async fn refresh(
+        &self,
+        presented: TokenHash,
+        next: TokenHash,
+        now: i64,
+    ) -> Result<RefreshOutcome> {
+        self.write(move |tx| {
+            let row: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT session_id, used_at FROM refresh_tokens WHERE hash = ?1",
+                    [&presented[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((sid, used_at)) = row else {
+                return Ok(RefreshOutcome::Refused(Reason::Invalid));
+            };
+            let Some(session) = get_session(tx, &sid)? else {
+                return Ok(RefreshOutcome::Refused(Reason::Invalid));
+            };
+            if let Some(reason) = session.revoked {
+                return Ok(RefreshOutcome::Refused(reason));
+            }
+            if session.expires_at <= now {
+                return Ok(RefreshOutcome::Refused(Reason::Expired));
+            }
+            match used_at {
+                None => {
+                    tx.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1", params![&presented[..], now])?;
+                }
+                Some(used_at) => {
+                    // Spent. A retry only if it is the token spent last, its
+                    // successor was never used, and it is recent.
+                    let child: Option<(Vec<u8>, Option<i64>)> = tx
+                        .query_row(
+                            "SELECT hash, used_at FROM refresh_tokens WHERE parent = ?1",
+                            [&presented[..]],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .optional()?;
+                    match child {
+                        Some((child, None)) if now - used_at <= REFRESH_RETRY_WINDOW_SECS => {
+                            tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1", [child])?;
+                        }
+                        _ => {
+                            revoke(tx, &sid, Reason::Reused, now)?;
+                            return Ok(RefreshOutcome::Refused(Reason::Reused));
+                        }
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, parent, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&next[..], sid, &presented[..], now],
+            )?;
+            Ok(RefreshOutcome::Rotated(session))
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, session_id: &str, reason: Reason, now: i64) -> Result<bool> {
+        let id = session_id.to_owned();
+        self.write(move |tx| revoke(tx, &id, reason, now)).await
+    }
+
+    async fn revoke_by_refresh(&self, token: TokenHash, now: i64) -> Result<Option<String>> {
+        self.write(move |tx| {
+            let sid: Option<String> = tx
+                .query_row(
+                    "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
+                    [&token[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(sid) = &sid {
+                revoke(tx, sid, Reason::Revoked, now)?;
+            }
+            Ok(sid)
+        })
+        .await
+    }
+
+    async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>> {
+        let username = username.to_owned();
+        self.write(move |tx| {
+            let user_id: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM users WHERE username = ?1",
+                    [username],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(user_id) = user_id else {
+                return Ok(None);
+            };
+            let sids: Vec<String> = tx
+                .prepare("SELECT id FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL")?
+                .query_map([user_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for sid in &sids {
+                revoke(tx, sid, reason, now)?;
+            }
+            Ok(Some(sids.len()))
+        })
+        .await
+    }
+
+    async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, session_id, reason FROM revocations WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map([seq], |r| {
+                    Ok(Revocation {
+                        seq: r.get(0)?,
+                        session_id: r.get(1)?,
+                        reason: reason_from_db(Some(r.get(2)?)).unwrap_or(Reason::Revoked),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn last_revocation(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT coalesce(max(seq), 0) FROM revocations", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT kid, secret, created_at, retired_at FROM signing_keys ORDER BY seq",
+            )?;
+            let rows: Vec<(String, Vec<u8>, i64, Option<i64>)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(kid, secret, created_at, retired_at)| {
+                    let secret = secret
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt(format!("signing key {kid}")))?;
+                    Ok(KeyRecord {
+                        kid,
+                        secret,
+                        created_at,
+                        retired_at,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn rotate_key(&self, key: KeyRecord, now: i64) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
+                [now],
+            )?;
+            tx.execute(
+                "INSERT INTO signing_keys (kid, secret, created_at) VALUES (?1, ?2, ?3)",
+                params![key.kid, &key.secret[..], key.created_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn keys_version(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT coalesce(max(seq), 0) FROM signing_keys", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn push(&self, user_id: &str, ops: Vec<Op>, now: i64) -> Result<PushResponse> {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| {
+            let mut last_rev: i64 = tx.query_row(
+                "SELECT last_rev FROM users WHERE id = ?1",
+                [&user_id],
+                |r| r.get(0),
+            )?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in &ops {
+                let op_id = op.op_id().to_string();
+                let seen: Option<String> = tx
+                    .prepare_cached("SELECT result FROM ops WHERE user_id = ?1 AND op_id = ?2")?
+                    .query_row(params![user_id, op_id], |r| r.get(0))
+                    .optional()?;
+                if let Some(seen) = seen {
+                    let mut first: OpResult = serde_json::from_str(&seen)
+                        .map_err(|e| StoreError::Corrupt(format!("op result {op_id}: {e}")))?;
+                    first.original_status = Some(first.status);
+                    first.status = OpStatus::Duplicate;
+                    results.push(first);
+                    continue;
+                }
+                let result = apply_op(tx, &user_id, op, &mut last_rev, now)?;
+                let stored = serde_json::to_string(&result)
+                    .map_err(|e| StoreError::Corrupt(format!("op result {op_id}: {e}")))?;
+                tx.prepare_cached(
+                    "INSERT INTO ops (user_id, op_id, result, created_at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![user_id, op_id, stored, now])?;
+                results.push(result);
+            }
+            tx.execute(
+                "UPDATE users SET last_rev = ?2 WHERE id = ?1",
+                params![user_id, last_rev],
+            )?;
+            Ok(PushResponse {
+                results,
+                cursor: last_rev,
+            })
+        })
+        .await
+    }
+
+    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullResponse> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT note_id, rev, title, body, deleted, updated_at, conflict_of FROM notes \
+                 WHERE user_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![user_id, since, i64::from(limit) + 1])?;
+            let mut changes = Vec::new();
+            let mut bytes = 0usize;
+            let mut more = false;
+            while let Some(row) = rows.next()? {
+                if changes.len() == limit as usize || bytes >= PULL_PAGE_BYTES {
+                    more = true;
+                    break;
+                }
+                let change = change_row(row)??;
+                bytes += change.title.len() + change.body.len() + 200;
+                changes.push(change);
+            }
+            let cursor = changes.last().map_or(since, |c: &Change| c.rev);
+            Ok(PullResponse {
+                changes,
+                cursor,
+                more,
+            })
+        })
+        .await
+    }
+}

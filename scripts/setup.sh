@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing Latchkey needs on Debian 12, once.
+# Idempotent: a second run checks and returns in about a second.
+set -euo pipefail
+
+# Debian packages: a C toolchain (SQLite is built from source, bundled).
+# The desktop app's packages join this list with the app.
+PKGS=(build-essential pkg-config curl ca-certificates)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
