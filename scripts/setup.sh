@@ -3,9 +3,11 @@
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 
-# Debian packages: a C toolchain (SQLite is built from source, bundled).
-# The desktop app's packages join this list with the app.
-PKGS=(build-essential pkg-config curl ca-certificates)
+# Debian packages: a C toolchain (SQLite is built from source, bundled);
+# D-Bus headers for the Secret Service keychain backend; a D-Bus session and
+# gnome-keyring so keychain tests run headless in their own session.
+PKGS=(build-essential pkg-config curl ca-certificates
+      libdbus-1-dev dbus dbus-x11 gnome-keyring libsecret-tools)
 
 missing=()
 for p in "${PKGS[@]}"; do

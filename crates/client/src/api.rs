@@ -1,0 +1,245 @@
+//! The protocol calls, one function each, over an [`Http`]. No state here:
+//! the engine decides which token to send and what an answer means for the
+//! session. Errors are already sorted: a network failure is
+//! [`Error::Network`] (retryable, the session stays), a refused access token
+//! is [`ApiError::Unauthorized`], and `invalid_grant` is the end of the
+//! session ([`Error::SessionExpired`] / [`Error::SessionRevoked`]).
+
+use std::time::Duration;
+
+use latchkey_protocol::{
+    ErrorBody, ErrorCode, Jwks, PullResponse, PushRequest, PushResponse, Reason, ServerMetadata,
+    SessionInfo, TokenResponse,
+};
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::http::{Http, HttpRequest, HttpResponse};
+
+/// Either a plain engine error, or a 401 the caller may answer with one
+/// refresh and one retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    Unauthorized(Option<Reason>),
+    Other(Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Other(e)
+    }
+}
+
+impl ApiError {
+    /// A 401 that survived the retry means the session is over.
+    pub fn into_error(self) -> Error {
+        match self {
+            ApiError::Unauthorized(Some(Reason::Expired)) => Error::SessionExpired,
+            ApiError::Unauthorized(_) => Error::SessionRevoked,
+            ApiError::Other(e) => e,
+        }
+    }
+}
+
+/// A response and the server's clock, for the engine's clock offset.
+pub struct Answer<T> {
+    pub value: T,
+    pub server_time: Option<i64>,
+}
+
+/// Timeouts of the calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub request: Duration,
+    pub probe: Duration,
+    /// Pushes and pulls carry up to a few MiB.
+    pub sync: Duration,
+}
+
+fn decode<T: DeserializeOwned>(res: &HttpResponse) -> Result<T, Error> {
+    serde_json::from_slice(&res.body).map_err(|_| {
+        Error::Server(format!(
+            "a {} answer that is not the expected JSON",
+            res.status
+        ))
+    })
+}
+
+fn error_body(res: &HttpResponse) -> Option<ErrorBody> {
+    serde_json::from_slice(&res.body).ok()
+}
+
+/// Sorts a non-200 answer.
+fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
+    let body = error_body(res);
+    let code = body.as_ref().map(|b| b.error);
+    let reason = body.as_ref().and_then(|b| b.reason);
+    match (res.status, code) {
+        (401, _) => ApiError::Unauthorized(reason),
+        (429, _) => Error::Throttled {
+            retry_after: res.retry_after.unwrap_or(60),
+        }
+        .into(),
+        (400, Some(ErrorCode::InvalidGrant)) if password_grant => Error::InvalidCredentials.into(),
+        (400, Some(ErrorCode::InvalidGrant)) => match reason {
+            Some(Reason::Expired) => Error::SessionExpired.into(),
+            _ => Error::SessionRevoked.into(),
+        },
+        (s, _) if s >= 500 => Error::Server(format!("the server failed ({s})")).into(),
+        (s, _) => {
+            let what = body
+                .map(|b| b.error_description)
+                .unwrap_or_else(|| format!("status {s}"));
+            let what: String = what.chars().take(200).collect();
+            Error::Server(what).into()
+        }
+    }
+}
+
+async fn call<T: DeserializeOwned>(
+    http: &dyn Http,
+    req: HttpRequest,
+    password_grant: bool,
+) -> Result<Answer<T>, ApiError> {
+    let res = http.send(req).await?;
+    if res.status != 200 {
+        return Err(failure(&res, password_grant));
+    }
+    Ok(Answer {
+        value: decode(&res)?,
+        server_time: res.date,
+    })
+}
+
+fn form(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        s.append_pair(k, v);
+    }
+    s.finish().into_bytes()
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+
+pub async fn healthz(http: &dyn Http, base: &str, t: Timeouts) -> Result<Option<i64>, Error> {
+    let res = http
+        .send(HttpRequest::get(format!("{base}/healthz"), t.probe))
+        .await?;
+    if res.status == 200 {
+        Ok(res.date)
+    } else {
+        Err(Error::Server(format!(
+            "the health check answered {}",
+            res.status
+        )))
+    }
+}
+
+pub async fn metadata(http: &dyn Http, base: &str, t: Timeouts) -> Result<ServerMetadata, Error> {
+    let req = HttpRequest::get(
+        format!("{base}/.well-known/oauth-authorization-server"),
+        t.request,
+    );
+    call(http, req, false)
+        .await
+        .map(|a| a.value)
+        .map_err(ApiError::into_error)
+}
+
+pub async fn jwks(http: &dyn Http, base: &str, t: Timeouts) -> Result<Jwks, Error> {
+    let req = HttpRequest::get(format!("{base}/.well-known/jwks.json"), t.request);
+    call(http, req, false)
+        .await
+        .map(|a| a.value)
+        .map_err(ApiError::into_error)
+}
+
+pub async fn password_grant(
+    http: &dyn Http,
+    base: &str,
+    username: &str,
+    password: &str,
+    t: Timeouts,
+) -> Result<Answer<TokenResponse>, Error> {
+    let body = form(&[
+        ("grant_type", "password"),
+        ("username", username),
+        ("password", password),
+    ]);
+    let req = HttpRequest::post(format!("{base}/v1/auth/token"), FORM, body, t.request);
+    call(http, req, true).await.map_err(ApiError::into_error)
+}
+
+pub async fn refresh_grant(
+    http: &dyn Http,
+    base: &str,
+    refresh_token: &str,
+    t: Timeouts,
+) -> Result<Answer<TokenResponse>, Error> {
+    let body = form(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ]);
+    let req = HttpRequest::post(format!("{base}/v1/auth/token"), FORM, body, t.request);
+    call(http, req, false).await.map_err(ApiError::into_error)
+}
+
+pub async fn revoke(
+    http: &dyn Http,
+    base: &str,
+    refresh_token: &str,
+    t: Timeouts,
+) -> Result<(), Error> {
+    let req = HttpRequest::post(
+        format!("{base}/v1/auth/revoke"),
+        FORM,
+        form(&[("token", refresh_token)]),
+        t.request,
+    );
+    let res = http.send(req).await?;
+    match res.status {
+        200 => Ok(()),
+        _ => Err(failure(&res, false).into_error()),
+    }
+}
+
+pub async fn session(
+    http: &dyn Http,
+    base: &str,
+    access_token: &str,
+    t: Timeouts,
+) -> Result<Answer<SessionInfo>, ApiError> {
+    let req = HttpRequest::get(format!("{base}/v1/auth/session"), t.request)
+        .bearer(access_token.to_owned());
+    call(http, req, false).await
+}
+
+pub async fn push(
+    http: &dyn Http,
+    base: &str,
+    access_token: &str,
+    body: &PushRequest,
+    t: Timeouts,
+) -> Result<Answer<PushResponse>, ApiError> {
+    let body = serde_json::to_vec(body).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let req = HttpRequest::post(format!("{base}/v1/sync/push"), JSON, body, t.sync)
+        .bearer(access_token.to_owned());
+    call(http, req, false).await
+}
+
+pub async fn pull(
+    http: &dyn Http,
+    base: &str,
+    access_token: &str,
+    since: i64,
+    limit: u32,
+    t: Timeouts,
+) -> Result<Answer<PullResponse>, ApiError> {
+    let req = HttpRequest::get(
+        format!("{base}/v1/sync/pull?since={since}&limit={limit}"),
+        t.sync,
+    )
+    .bearer(access_token.to_owned());
+    call(http, req, false).await
+}

@@ -1,0 +1,118 @@
+//! The engine's one error type. Every variant has a stable [`Error::code`]
+//! the UI maps to a sentence, and a `Display` that is already one, safe to
+//! show and to log: no token, password or refresh token ever appears in it.
+
+use latchkey_protocol::TokenError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No OS keychain is reachable (no Secret Service, locked collection,
+    /// or only keyring's mock store): tokens cannot be kept safely.
+    #[error(
+        "the system keychain is not available ({detail}); Latchkey keeps your sign-in only there, so it cannot sign you in"
+    )]
+    KeychainUnavailable { detail: String },
+    /// The server could not be reached (refused, timed out, DNS, TLS).
+    #[error("the server cannot be reached ({detail})")]
+    Network { detail: String },
+    /// Plain `http://` to a host that is not this machine.
+    #[error("refusing to send a password over plain http to {host}; use an https:// server URL")]
+    InsecureUrl { host: String },
+    /// The server URL does not parse.
+    #[error("the server URL is not valid: {0}")]
+    InvalidUrl(String),
+    /// Wrong username or password.
+    #[error("the username or password is wrong")]
+    InvalidCredentials,
+    /// Too many failed sign-ins from here; wait.
+    #[error("too many failed sign-in attempts; try again in {retry_after} seconds")]
+    Throttled { retry_after: u64 },
+    /// The server ended the session by time.
+    #[error("your session has expired; sign in again")]
+    SessionExpired,
+    /// The server ended the session: sign-out elsewhere, an administrator, or
+    /// a reused refresh token.
+    #[error("you were signed out by the server; sign in again")]
+    SessionRevoked,
+    /// Offline and past the offline policy (grace, refresh expiry, clock).
+    #[error("Latchkey is locked: {0}")]
+    Locked(String),
+    /// Nobody is signed in.
+    #[error("nobody is signed in")]
+    NotSignedIn,
+    /// "Work offline" is on.
+    #[error("working offline is switched on")]
+    WorkingOffline,
+    /// A token failed verification (forged, tampered, wrong issuer).
+    #[error("the sign-in could not be verified: {0}")]
+    Token(#[from] TokenError),
+    /// The server answered something the protocol does not allow.
+    #[error("the server answered unexpectedly: {0}")]
+    Server(String),
+    /// The local database failed (full disk, read-only folder, damage).
+    #[error("your notes could not be saved on this computer: {0}")]
+    Storage(String),
+    /// No such note.
+    #[error("that note does not exist")]
+    NoteNotFound,
+    /// The caller's input breaks a limit.
+    #[error("{0}")]
+    InvalidInput(String),
+}
+
+impl Error {
+    /// The stable code the UI maps to a sentence.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::KeychainUnavailable { .. } => "keychain_unavailable",
+            Error::Network { .. } => "network",
+            Error::InsecureUrl { .. } => "insecure_url",
+            Error::InvalidUrl(_) => "invalid_url",
+            Error::InvalidCredentials => "invalid_credentials",
+            Error::Throttled { .. } => "throttled",
+            Error::SessionExpired => "session_expired",
+            Error::SessionRevoked => "session_revoked",
+            Error::Locked(_) => "locked",
+            Error::NotSignedIn => "not_signed_in",
+            Error::WorkingOffline => "working_offline",
+            Error::Token(_) => "token_invalid",
+            Error::Server(_) => "server_error",
+            Error::Storage(_) => "storage",
+            Error::NoteNotFound => "note_not_found",
+            Error::InvalidInput(_) => "invalid_input",
+        }
+    }
+
+    /// Worth retrying later: the server or the network, not the session.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Network { .. } | Error::Server(_))
+    }
+
+    /// The server ended the session.
+    pub fn ends_session(&self) -> bool {
+        matches!(self, Error::SessionExpired | Error::SessionRevoked)
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        let detail = match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => "the disk is full".to_string(),
+            Some(ErrorCode::ReadOnly) => "the data folder is read-only".to_string(),
+            Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
+                "the data folder cannot be written".to_string()
+            }
+            _ => e.to_string(),
+        };
+        Error::Storage(detail)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}

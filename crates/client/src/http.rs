@@ -1,0 +1,247 @@
+//! The transport, injectable: [`Http`] is one call, request in, response
+//! out, so tests can count, delay or fail requests. [`ReqwestHttp`] is the
+//! real one (rustls, connect and total timeouts, no redirects).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// One HTTP request. `Debug` never shows the bearer token or the body.
+#[derive(Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub url: String,
+    pub bearer: Option<String>,
+    pub content_type: Option<&'static str>,
+    pub body: Vec<u8>,
+    /// The total time allowed, connect included.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+impl HttpRequest {
+    pub fn get(url: String, timeout: Duration) -> Self {
+        Self {
+            method: Method::Get,
+            url,
+            bearer: None,
+            content_type: None,
+            body: Vec::new(),
+            timeout,
+        }
+    }
+
+    pub fn post(url: String, content_type: &'static str, body: Vec<u8>, timeout: Duration) -> Self {
+        Self {
+            method: Method::Post,
+            url,
+            bearer: None,
+            content_type: Some(content_type),
+            body,
+            timeout,
+        }
+    }
+
+    pub fn bearer(mut self, token: String) -> Self {
+        self.bearer = Some(token);
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The server's `Date` header, Unix seconds.
+    pub date: Option<i64>,
+    /// `Retry-After` in seconds.
+    pub retry_after: Option<u64>,
+}
+
+#[async_trait]
+pub trait Http: Send + Sync + 'static {
+    /// Sends one request. Any failure to get a response is `Error::Network`.
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse>;
+}
+
+/// The real transport.
+#[derive(Debug, Clone)]
+pub struct ReqwestHttp {
+    client: reqwest::Client,
+}
+
+/// Responses larger than this are refused (a pull page is ~4 MiB).
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+impl ReqwestHttp {
+    pub fn new(connect_timeout: Duration) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Network {
+                detail: e.to_string(),
+            })?;
+        Ok(Self { client })
+    }
+}
+
+fn network_error(e: &reqwest::Error) -> Error {
+    let detail = if e.is_timeout() {
+        "the request timed out"
+    } else if e.is_connect() {
+        "the connection failed"
+    } else {
+        "the connection broke"
+    };
+    Error::Network {
+        detail: detail.into(),
+    }
+}
+
+#[async_trait]
+impl Http for ReqwestHttp {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse> {
+        let mut builder = match req.method {
+            Method::Get => self.client.get(&req.url),
+            Method::Post => self.client.post(&req.url),
+        }
+        .timeout(req.timeout);
+        if let Some(token) = &req.bearer {
+            builder = builder.bearer_auth(token);
+        }
+        if let Some(ct) = req.content_type {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        if req.method == Method::Post {
+            builder = builder.body(req.body);
+        }
+        let mut res = builder.send().await.map_err(|e| network_error(&e))?;
+        let status = res.status().as_u16();
+        let header = |name| {
+            res.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let date = header(reqwest::header::DATE)
+            .and_then(|d| httpdate::parse_http_date(&d).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| network_error(&e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(Error::Server("the response is too large".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse {
+            status,
+            body,
+            date,
+            retry_after,
+        })
+    }
+}
+
+/// Checks and normalizes a server URL typed by a user: `https://` anywhere,
+/// plain `http://` only to this machine (a password or token must never
+/// cross a network in clear). No path, query or credentials.
+pub fn normalize_server_url(input: &str) -> Result<String> {
+    let trimmed = input.trim();
+    let url = reqwest::Url::parse(trimmed).map_err(|e| Error::InvalidUrl(e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::InvalidUrl(
+            "it must not contain a user name or password".into(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::InvalidUrl(
+            "it must not contain a query or fragment".into(),
+        ));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::InvalidUrl("it has no host".into()))?
+        .to_owned();
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&host) => {}
+        "http" => return Err(Error::InsecureUrl { host }),
+        other => {
+            return Err(Error::InvalidUrl(format!(
+                "the scheme {other} is not http or https"
+            )));
+        }
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            normalize_server_url("http://127.0.0.1:8787/").unwrap(),
+            "http://127.0.0.1:8787"
+        );
+        assert_eq!(
+            normalize_server_url(" https://notes.example.com ").unwrap(),
+            "https://notes.example.com"
+        );
+        assert!(normalize_server_url("http://localhost:1").is_ok());
+        assert!(normalize_server_url("http://[::1]:1").is_ok());
+        assert_eq!(
+            normalize_server_url("http://notes.example.com")
+                .unwrap_err()
+                .code(),
+            "insecure_url"
+        );
+        assert_eq!(
+            normalize_server_url("http://10.0.0.1").unwrap_err().code(),
+            "insecure_url"
+        );
+        assert_eq!(
+            normalize_server_url("ftp://x").unwrap_err().code(),
+            "invalid_url"
+        );
+        assert_eq!(
+            normalize_server_url("not a url").unwrap_err().code(),
+            "invalid_url"
+        );
+        assert_eq!(
+            normalize_server_url("https://u:p@x").unwrap_err().code(),
+            "invalid_url"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! latchkey-client: everything the Latchkey desktop app decides, with no
+//! Tauri in it, so it is tested and benchmarked without a window.
+//!
+//! * [`Engine`]: sign-in, the session state machine with its offline policy,
+//!   the single-flight refresh, connectivity and reconnect sync.
+//! * [`vault`]: the OS keychain (one small JSON entry per server + user).
+//! * [`store`]: local notes and the outbox, in SQLite.
+//! * [`api`] and [`http`]: the protocol calls over an injectable transport.
+//! * [`policy`]: the pure decisions (offline policy, refresh, backoff).
+
+pub mod api;
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod policy;
+pub mod status;
+pub mod store;
+pub mod vault;
+
+pub use clock::{Clock, SystemClock, TestClock};
+pub use engine::{Config, Engine};
+pub use error::{Error, Result};
+pub use http::{Http, ReqwestHttp};
+pub use status::{SessionState, Status, StatusError};
+pub use store::Note;
+pub use vault::{KeyringVault, MemoryVault, Vault, VaultEntry};

@@ -1,0 +1,85 @@
+//! The status snapshot the UI follows: one value, published whole on every
+//! change through a `tokio::sync::watch`.
+
+use latchkey_protocol::UserInfo;
+use serde::Serialize;
+
+/// The session states of DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// No stored session: the login form.
+    SignedOut,
+    /// Server reachable, session confirmed.
+    Online,
+    /// Server unreachable (or working offline); session verified locally and
+    /// within the offline policy.
+    Offline,
+    /// Offline and the offline policy ran out: notes hidden.
+    Locked,
+    /// The server ended the session by time: sign in again, notes kept.
+    Expired,
+    /// The server ended the session (sign-out elsewhere, an administrator,
+    /// a reused refresh token): sign in again, notes kept.
+    Revoked,
+}
+
+/// An error as the UI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusError {
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&crate::Error> for StatusError {
+    fn from(e: &crate::Error) -> Self {
+        Self {
+            code: e.code().into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Everything the status bar and the screens need. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub state: SessionState,
+    /// Who is (or was, for `expired`/`revoked`) signed in.
+    pub user: Option<UserInfo>,
+    pub server: Option<String>,
+    /// The server is reachable and the session confirmed.
+    pub online: bool,
+    /// The user's "Work offline" switch.
+    pub work_offline: bool,
+    /// Notes with an unsent or unacknowledged change.
+    pub pending: u64,
+    pub last_sync_at: Option<i64>,
+    /// `ok`, or the sentence of the error that stopped the last sync.
+    pub last_sync_result: Option<String>,
+    /// The access token's expiry.
+    pub access_expires_at: Option<i64>,
+    /// Until when the session holds offline (wall clock).
+    pub offline_until: Option<i64>,
+    /// Why the session is locked, as a sentence.
+    pub locked_reason: Option<String>,
+    pub last_error: Option<StatusError>,
+}
+
+impl Status {
+    pub fn signed_out() -> Self {
+        Self {
+            state: SessionState::SignedOut,
+            user: None,
+            server: None,
+            online: false,
+            work_offline: false,
+            pending: 0,
+            last_sync_at: None,
+            last_sync_result: None,
+            access_expires_at: None,
+            offline_until: None,
+            locked_reason: None,
+            last_error: None,
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! Local data of one user in SQLite (WAL, `synchronous=FULL`): notes, the
+//! outbox of unsynced ops, the pull cursor, migrations.
+//!
+//! A save writes the note and its outbox op in one transaction before it
+//! returns. The outbox holds at most one *unsent* op per note (later edits
+//! replace its content) and at most one *sent* op per note, frozen until its
+//! result arrives; an edit made meanwhile queues a new op whose `base_rev`
+//! is filled in from that result.
+
+use std::path::Path;
+
+use latchkey_protocol::sync::{MAX_BODY_BYTES, MAX_TITLE_BYTES};
+use latchkey_protocol::{Change, Op, OpResult, OpStatus, PullResponse};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE notes (
+    note_id     TEXT PRIMARY KEY,
+    title       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    rev         INTEGER NOT NULL,
+    deleted     INTEGER NOT NULL DEFAULT 0,
+    updated_at  INTEGER NOT NULL,
+    conflict_of TEXT
+);
+CREATE TABLE outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    op_id       TEXT NOT NULL UNIQUE,
+    note_id     TEXT NOT NULL,
+    base_rev    INTEGER,
+    action      TEXT NOT NULL,
+    title       TEXT NOT NULL DEFAULT '',
+    body        TEXT NOT NULL DEFAULT '',
+    client_time INTEGER NOT NULL,
+    sent        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX outbox_note ON outbox(note_id);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"#];
+
+/// A note as the UI sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    pub id: Uuid,
+    pub title: String,
+    pub body: String,
+    /// The server rev this text is based on (0: never synced).
+    pub rev: i64,
+    pub updated_at: i64,
+    /// Set on a conflict copy: the note it split from.
+    pub conflict_of: Option<Uuid>,
+    /// Has a change not yet acknowledged by the server.
+    pub pending: bool,
+}
+
+pub struct LocalStore {
+    conn: Connection,
+}
+
+fn uuid(s: &str) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn note_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Note> {
+    Ok(Note {
+        id: uuid(&r.get::<_, String>(0)?)?,
+        title: r.get(1)?,
+        body: r.get(2)?,
+        rev: r.get(3)?,
+        updated_at: r.get(4)?,
+        conflict_of: r
+            .get::<_, Option<String>>(5)?
+            .as_deref()
+            .map(uuid)
+            .transpose()?,
+        pending: r.get(6)?,
+    })
+}
+
+const NOTE_SELECT: &str = "SELECT n.note_id, n.title, n.body, n.rev, n.updated_at, n.conflict_of, \
+     EXISTS (SELECT 1 FROM outbox o WHERE o.note_id = n.note_id) FROM notes n";
+
+impl LocalStore {
+    /// Opens (creating, private) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(Error::Storage(
+                "the local database is from a newer Latchkey".into(),
+            ));
+        }
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+        tx.commit()?;
+        Ok(Self { conn })
+    }
+
+    /// Live notes, most recently edited first.
+    pub fn list_notes(&self) -> Result<Vec<Note>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{NOTE_SELECT} WHERE n.deleted = 0 ORDER BY n.updated_at DESC, n.note_id"
+        ))?;
+        let notes = stmt
+            .query_map([], note_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(notes)
+    }
+
+    pub fn get_note(&self, id: Uuid) -> Result<Note> {
+        self.conn
+            .query_row(
+                &format!("{NOTE_SELECT} WHERE n.note_id = ?1 AND n.deleted = 0"),
+                [id.to_string()],
+                note_row,
+            )
+            .optional()?
+            .ok_or(Error::NoteNotFound)
+    }
+
+    /// Notes with an unsent or unacknowledged op.
+    pub fn pending_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(DISTINCT note_id) FROM outbox", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
+    /// Saves a note's text and queues it, durably, in one transaction.
+    pub fn save_note(&mut self, id: Uuid, title: &str, body: &str, now: i64) -> Result<Note> {
+        if title.len() > MAX_TITLE_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "a title may be at most {MAX_TITLE_BYTES} bytes"
+            )));
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "a note may be at most {} MiB",
+                MAX_BODY_BYTES >> 20
+            )));
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let key = id.to_string();
+        let rev: Option<i64> = tx
+            .query_row("SELECT rev FROM notes WHERE note_id = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        tx.execute(
+            "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4) \
+             ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, deleted = 0, \
+             updated_at = excluded.updated_at",
+            params![key, title, body, now],
+        )?;
+        queue(&tx, &key, "upsert", title, body, rev.unwrap_or(0), now)?;
+        tx.commit()?;
+        self.get_note(id)
+    }
+
+    /// Deletes a note locally and queues the delete. A note the server never
+    /// saw simply goes.
+    pub fn delete_note(&mut self, id: Uuid, now: i64) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let key = id.to_string();
+        let rev: Option<i64> = tx
+            .query_row(
+                "SELECT rev FROM notes WHERE note_id = ?1 AND deleted = 0",
+                [&key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(rev) = rev else {
+            return Err(Error::NoteNotFound);
+        };
+        let in_flight: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1 AND sent = 1)",
+            [&key],
+            |r| r.get(0),
+        )?;
+        if rev == 0 && !in_flight {
+            tx.execute("DELETE FROM outbox WHERE note_id = ?1", [&key])?;
+            tx.execute("DELETE FROM notes WHERE note_id = ?1", [&key])?;
+        } else {
+            tx.execute("UPDATE notes SET deleted = 1, title = '', body = '', updated_at = ?2 WHERE note_id = ?1", params![key, now])?;
+            queue(&tx, &key, "delete", "", "", rev, now)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The next batch to push: ops already sent (their result never came)
+    /// first, then unsent ops whose base is known, oldest first, one per
+    /// note; the unsent ones are marked sent in the same transaction.
+    pub fn next_batch(&mut self, max: usize) -> Result<Vec<Op>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ops = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent FROM outbox \
+                 WHERE sent = 1 OR (base_rev IS NOT NULL AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1)) \
+                 ORDER BY sent DESC, seq LIMIT ?1",
+            )?;
+            let mut rows = stmt.query([max as i64])?;
+            while let Some(r) = rows.next()? {
+                let (seq, sent): (i64, bool) = (r.get(0)?, r.get(8)?);
+                let op_id = uuid(&r.get::<_, String>(1)?)?;
+                let note_id = uuid(&r.get::<_, String>(2)?)?;
+                let base_rev: i64 = r.get::<_, Option<i64>>(3)?.unwrap_or(0);
+                let op = match r.get::<_, String>(4)?.as_str() {
+                    "delete" => Op::Delete {
+                        op_id,
+                        note_id,
+                        base_rev,
+                    },
+                    _ => Op::Upsert {
+                        op_id,
+                        note_id,
+                        base_rev,
+                        title: r.get(5)?,
+                        body: r.get(6)?,
+                        client_time: r.get(7)?,
+                    },
+                };
+                ops.push((seq, sent, op));
+            }
+        }
+        for (seq, sent, _) in &ops {
+            if !sent {
+                tx.execute("UPDATE outbox SET sent = 1 WHERE seq = ?1", [seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok(ops.into_iter().map(|(_, _, op)| op).collect())
+    }
+
+    /// Applies a push answer: acknowledged ops leave the outbox, queued
+    /// follow-ups learn their base, conflicts take the server's version.
+    pub fn apply_push(&mut self, results: &[OpResult]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for r in results {
+            let op_key = r.op_id.to_string();
+            let op: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT note_id, base_rev FROM outbox WHERE op_id = ?1 AND sent = 1",
+                    [&op_key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((note_key, sent_base)) = op else {
+                continue;
+            };
+            tx.execute("DELETE FROM outbox WHERE op_id = ?1", [&op_key])?;
+            let follow_up: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM outbox WHERE note_id = ?1",
+                    [&note_key],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let status = match r.status {
+                OpStatus::Duplicate => r.original_status.unwrap_or(OpStatus::Applied),
+                s => s,
+            };
+            match status {
+                OpStatus::Conflict => {
+                    if let Some(seq) = follow_up {
+                        // The follow-up edits the text that just conflicted:
+                        // keep its stale base so it conflicts too and lands
+                        // in a conflict copy; nothing is lost.
+                        tx.execute(
+                            "UPDATE outbox SET base_rev = ?2 WHERE seq = ?1 AND base_rev IS NULL",
+                            params![seq, sent_base.unwrap_or(0)],
+                        )?;
+                    } else if let Some(server) = &r.server_note {
+                        write_change(&tx, server)?;
+                    }
+                }
+                _ => {
+                    tx.execute(
+                        "UPDATE notes SET rev = ?2 WHERE note_id = ?1",
+                        params![note_key, r.rev],
+                    )?;
+                    if let Some(seq) = follow_up {
+                        tx.execute(
+                            "UPDATE outbox SET base_rev = ?2 WHERE seq = ?1 AND base_rev IS NULL",
+                            params![seq, r.rev],
+                        )?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Applies a pull page and moves the cursor, in one transaction. Notes
+    /// with pending local ops are left alone: the push settles them.
+    pub fn apply_pull(&mut self, page: &PullResponse) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for change in &page.changes {
+            let pending: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)",
+                [change.note_id.to_string()],
+                |r| r.get(0),
+            )?;
+            if !pending {
+                write_change(&tx, change)?;
+            }
+        }
+        tx.execute("INSERT INTO meta (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [page.cursor])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where the next pull starts.
+    pub fn cursor(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'cursor'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Records the last sync (time and outcome) for the status bar.
+    pub fn set_last_sync(&self, at: i64, outcome: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_sync', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [serde_json::json!({"at": at, "outcome": outcome}).to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn last_sync(&self) -> Result<Option<(i64, String)>> {
+        let raw: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_sync'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(raw
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| {
+                Some((
+                    v.get("at")?.as_i64()?,
+                    v.get("outcome")?.as_str()?.to_owned(),
+                ))
+            }))
+    }
+}
+
+/// Queues `action` for a note: replaces its unsent op if there is one,
+/// otherwise adds one (with no base yet while another op is in flight).
+fn queue(
+    tx: &rusqlite::Transaction<'_>,
+    note_key: &str,
+    action: &str,
+    title: &str,
+    body: &str,
+    rev: i64,
+    now: i64,
+) -> Result<()> {
+    let replaced = tx.execute(
+        "UPDATE outbox SET action = ?2, title = ?3, body = ?4, client_time = ?5 WHERE note_id = ?1 AND sent = 0",
+        params![note_key, action, title, body, now],
+    )?;
+    if replaced == 0 {
+        let in_flight: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1 AND sent = 1)",
+            [note_key],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO outbox (op_id, note_id, base_rev, action, title, body, client_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![Uuid::new_v4().to_string(), note_key, (!in_flight).then_some(rev), action, title, body, now],
+        )?;
+    }
+    Ok(())
+}
+
+fn write_change(tx: &rusqlite::Transaction<'_>, c: &Change) -> Result<()> {
+    tx.execute(
+        "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, rev = excluded.rev, \
+         deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of",
+        params![c.note_id.to_string(), c.title, c.body, c.rev, c.deleted, c.updated_at, c.conflict_of.map(|u| u.to_string())],
+    )?;
+    Ok(())
+}
+
+/// Creates a directory (and parents) readable by this user only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, LocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(&dir.path().join("u/notes.db")).unwrap();
+        (dir, s)
+    }
+
+    fn applied(op: &Op, rev: i64) -> OpResult {
+        OpResult {
+            op_id: op.op_id(),
+            status: OpStatus::Applied,
+            note_id: op.note_id(),
+            rev,
+            original_status: None,
+            conflict_copy_id: None,
+            copy_rev: None,
+            server_note: None,
+        }
+    }
+
+    #[test]
+    fn many_edits_are_one_op() {
+        let (_d, mut s) = store();
+        let id = Uuid::new_v4();
+        for i in 0..50 {
+            s.save_note(id, "t", &format!("body {i}"), 100 + i).unwrap();
+        }
+        assert_eq!(s.pending_count().unwrap(), 1);
+        let batch = s.next_batch(500).unwrap();
+        assert_eq!(batch.len(), 1);
+        let Op::Upsert { body, base_rev, .. } = &batch[0] else {
+            panic!()
+        };
+        assert_eq!((body.as_str(), *base_rev), ("body 49", 0));
+    }
+
+    #[test]
+    fn edit_during_flight_waits_for_the_result() {
+        let (_d, mut s) = store();
+        let id = Uuid::new_v4();
+        s.save_note(id, "t", "v1", 1).unwrap();
+        let first = s.next_batch(500).unwrap();
+        s.save_note(id, "t", "v2", 2).unwrap();
+        // the sent op is resent until answered; the follow-up waits
+        let again = s.next_batch(500).unwrap();
+        assert_eq!(again, first);
+        s.apply_push(&[applied(&first[0], 7)]).unwrap();
+        let next = s.next_batch(500).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].base_rev(), 7);
+        assert_ne!(next[0].op_id(), first[0].op_id());
+        assert_eq!(s.pending_count().unwrap(), 1);
+        s.apply_push(&[applied(&next[0], 8)]).unwrap();
+        assert_eq!(s.pending_count().unwrap(), 0);
+        assert_eq!(s.get_note(id).unwrap().rev, 8);
+    }
+
+    #[test]
+    fn deleting_an_unsynced_note_leaves_nothing_to_sync() {
+        let (_d, mut s) = store();
+        let id = Uuid::new_v4();
+        s.save_note(id, "t", "b", 1).unwrap();
+        s.delete_note(id, 2).unwrap();
+        assert_eq!(s.pending_count().unwrap(), 0);
+        assert!(s.list_notes().unwrap().is_empty());
+        assert_eq!(s.delete_note(id, 3).unwrap_err(), Error::NoteNotFound);
+    }
+
+    #[test]
+    fn pull_skips_notes_with_pending_ops_and_moves_the_cursor() {
+        let (_d, mut s) = store();
+        let mine = Uuid::new_v4();
+        s.save_note(mine, "mine", "local", 1).unwrap();
+        let theirs = Uuid::new_v4();
+        let change = |id, title: &str, rev| Change {
+            note_id: id,
+            rev,
+            title: title.into(),
+            body: "server".into(),
+            deleted: false,
+            updated_at: 5,
+            conflict_of: None,
+        };
+        s.apply_pull(&PullResponse {
+            changes: vec![change(mine, "srv", 3), change(theirs, "theirs", 4)],
+            cursor: 4,
+            more: false,
+        })
+        .unwrap();
+        assert_eq!(s.get_note(mine).unwrap().body, "local");
+        assert_eq!(s.get_note(theirs).unwrap().title, "theirs");
+        assert_eq!(s.cursor().unwrap(), 4);
+    }
+
+    #[test]
+    fn oversized_input_is_refused() {
+        let (_d, mut s) = store();
+        let long = "x".repeat(MAX_TITLE_BYTES + 1);
+        assert_eq!(
+            s.save_note(Uuid::new_v4(), &long, "", 1)
+                .unwrap_err()
+                .code(),
+            "invalid_input"
+        );
+    }
+}
