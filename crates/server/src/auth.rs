@@ -117,7 +117,9 @@ fn token_error(e: TokenError) -> AppError {
     AppError::invalid_token(e.to_string(), Some(reason))
 }
 
-/// The bearer token of a request, if it sent one.
+/// The bearer token of a request, if it sent one. Another scheme (`Basic`)
+/// or an empty `Bearer` is no token at all: RFC 6750 §3.1 then wants a
+/// challenge without an error code.
 pub fn bearer(parts: &Parts) -> Result<Option<&str>, AppError> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
         return Ok(None);
@@ -134,10 +136,7 @@ pub fn bearer(parts: &Parts) -> Result<Option<&str>, AppError> {
         {
             Ok(Some(token.trim()))
         }
-        _ => Err(AppError::invalid_token(
-            "the Authorization header does not carry a Bearer token",
-            Some(Reason::Invalid),
-        )),
+        _ => Ok(None),
     }
 }
 

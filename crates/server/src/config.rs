@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// Boolean flags parse with this so that their variables may say 1/0,
+// yes/no, on/off as well as true/false.
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// The Latchkey auth + sync server.
@@ -63,7 +66,7 @@ pub struct ServeArgs {
     pub leeway: Duration,
     /// Create the user `demo` with a generated password (kept beside the
     /// database, mode 0600) and print the credentials at every start.
-    #[arg(long, env = "LATCHKEY_DEMO")]
+    #[arg(long, env = "LATCHKEY_DEMO", value_parser = BoolishValueParser::new())]
     pub demo: bool,
     /// PEM certificate chain: serve HTTPS.
     #[arg(long, env = "LATCHKEY_TLS_CERT", requires = "tls_key")]
@@ -73,7 +76,7 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     /// Allow plain HTTP on a non-loopback address (passwords and tokens then
     /// cross the network in clear: only behind a TLS-terminating proxy).
-    #[arg(long, env = "LATCHKEY_INSECURE_HTTP")]
+    #[arg(long, env = "LATCHKEY_INSECURE_HTTP", value_parser = BoolishValueParser::new())]
     pub insecure_http: bool,
 }
 
@@ -113,7 +116,7 @@ pub enum UserCommand {
         #[arg(long, env = "LATCHKEY_USERNAME")]
         username: String,
         /// Read the password from the first line of standard input.
-        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN")]
+        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
         password_stdin: bool,
         #[command(flatten)]
         db: DbArg,

@@ -167,9 +167,12 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
 
 /// `serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Catch the signals before saying "listening": a SIGTERM sent right
+    // after that line must still stop the server cleanly.
+    let stop = shutdown_signal().context("cannot catch SIGINT and SIGTERM")?;
     let mut server = Server::start(args).await?;
     tokio::select! {
-        _ = shutdown_signal() => {
+        _ = stop => {
             tracing::info!("shutting down");
             server.stop().await
         }
@@ -177,17 +180,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT or SIGTERM; the handlers are in place
+/// once this returns.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            return;
-        }
+        })
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }

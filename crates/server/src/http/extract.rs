@@ -3,11 +3,17 @@
 //! anything malformed (never a framework default such as 422).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, request::Parts};
+use axum::middleware::Next;
+use axum::response::Response;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
@@ -42,6 +48,72 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         Err(_) => Err(AppError::InvalidRequest(
             "the request body could not be read".into(),
         )),
+    }
+}
+
+/// How much of an unread request body is still read (and dropped) after
+/// the answer, and for how long.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Layer: reads (and drops) what a handler left of the request body, within
+/// bounds. A handler that answers early (413, 401, 415, 404...) leaves the
+/// client still sending; closing on unread data would reset the connection
+/// and the client would never read that answer, only a broken pipe.
+pub async fn drain_unread_body(req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let shared = Arc::new(Mutex::new(body));
+    let res = next
+        .run(Request::from_parts(
+            parts,
+            Body::new(SharedBody(shared.clone())),
+        ))
+        .await;
+    let rest = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+    if !rest.is_end_stream() {
+        drain(rest).await;
+    }
+    res
+}
+
+async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The request body as the handler sees it, while the layer above keeps
+/// hold of it.
+struct SharedBody(Arc<Mutex<Body>>);
+
+/// `Option<Result<http_body::Frame<Bytes>, axum::Error>>`, named through
+/// the future that yields it (axum does not re-export http-body's `Frame`).
+type NextFrame = <http_body_util::combinators::Frame<'static, Body> as std::future::Future>::Output;
+
+impl HttpBody for SharedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<NextFrame> {
+        let mut body = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_end_stream()
     }
 }
 

@@ -33,10 +33,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
         .layer(middleware::map_response(protocol_errors))
+        .layer(middleware::from_fn(extract::drain_unread_body))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a handler panicked");
             AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
+        .layer(middleware::map_response(json_charset))
         .layer(middleware::from_fn(log_request))
 }
 
@@ -71,6 +73,21 @@ async fn protocol_errors(res: Response) -> Response {
         }
     }
     fixed
+}
+
+/// PROTOCOL.md names the media type of every body with its charset.
+async fn json_charset(mut res: Response) -> Response {
+    if res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json")
+    {
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+    }
+    res
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);

@@ -1,0 +1,1619 @@
+//! Process tests: the real `latchkey-server` binary on 127.0.0.1 (port 0,
+//! learnt from its log line), talked to only over HTTP, and its command
+//! line run as subprocesses, the way an administrator and the black-box
+//! suite use it.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ed25519_dalek::SigningKey;
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_latchkey-server");
+/// How long a server may take to start on a busy machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A temporary directory with a database path in it.
+struct Env {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        Self { dir, db }
+    }
+
+    fn db(&self) -> &str {
+        self.db.to_str().unwrap()
+    }
+
+    /// Starts `serve` on this database with extra flags.
+    fn start(&self, extra: &[&str]) -> Server {
+        Server::start(&self.db, extra, &[])
+    }
+
+    /// Runs a CLI subcommand on this database.
+    fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--db", self.db()]);
+        run(&all, stdin)
+    }
+
+    /// Adds a user with the CLI; returns (name, password).
+    fn add_user(&self) -> (String, String) {
+        let (name, pw) = (unique("user"), password());
+        let out = self.cli(
+            &["user", "add", "--username", &name, "--password-stdin"],
+            Some(&format!("{pw}\n")),
+        );
+        assert!(out.status.success(), "user add: {}", text(&out.stderr));
+        (name, pw)
+    }
+}
+
+/// Runs the binary to completion (killed after 30 s), stdin fed from `stdin`.
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    run_env(args, stdin, &[])
+}
+
+fn run_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = command(env);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        let _ = input.write_all(s.as_bytes());
+    }
+    drop(input);
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // SAFETY: kill(2) on the pid of our own child, which has not been
+        // reaped yet (its waiter is still blocked on it).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        panic!("latchkey-server {args:?} did not finish within 30 s");
+    }
+    waiter.join().unwrap().unwrap()
+}
+
+/// The binary, with no `LATCHKEY_*` setting leaking in from outside.
+fn command(env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LATCHKEY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("LATCHKEY_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit, something said, no panic.
+fn assert_clean_failure(out: &Output, what: &str) -> String {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{what}: succeeded; stderr: {err}");
+    assert!(out.status.code().is_some(), "{what}: killed by a signal");
+    assert!(!err.contains("panicked"), "{what}: panicked: {err}");
+    assert!(!err.contains("RUST_BACKTRACE"), "{what}: {err}");
+    assert!(!err.trim().is_empty(), "{what}: said nothing");
+    err
+}
+
+/// A running server process, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies a child's stream into `buf`, line by line, telling `found` of the
+/// first line `watch` picks something out of.
+fn pump(
+    stream: impl std::io::Read + Send + 'static,
+    buf: Arc<Mutex<String>>,
+    watch: fn(&str) -> Option<String>,
+    found: mpsc::Sender<String>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            buf.lock().unwrap().push_str(&line);
+            if let Some(v) = watch(&line) {
+                let _ = found.send(v);
+            }
+        }
+    });
+}
+
+/// The URL in the "listening on http://127.0.0.1:PORT" log line.
+fn listening_url(line: &str) -> Option<String> {
+    let rest = line.split("listening on ").nth(1)?;
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+/// Starts a server or returns its failure (exit status, stderr).
+fn try_start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
+    let mut cmd = command(env);
+    cmd.arg("serve")
+        .args(["--addr", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    pump(
+        child.stderr.take().unwrap(),
+        stderr.clone(),
+        listening_url,
+        tx,
+    );
+    let (otx, _orx) = mpsc::channel();
+    pump(child.stdout.take().unwrap(), stdout.clone(), |_| None, otx);
+    let url = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(url) => url,
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            // Let the pump finish copying what the process said.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(format!("{status}: {}", stderr.lock().unwrap()));
+        }
+    };
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
+        "the server listens elsewhere: {url}"
+    );
+    Ok(Server {
+        child,
+        base: url,
+        port,
+        stderr,
+        stdout,
+        http: client(),
+    })
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// One answer, read whole.
+#[derive(Debug)]
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn ok(&self) -> &Value {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.text);
+        &self.body
+    }
+
+    fn err(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text);
+        assert_error(&self.body, code);
+        self
+    }
+
+    fn unauthorized(&self) -> &Self {
+        self.err(401, "invalid_token");
+        let www = self.header("www-authenticate").expect("WWW-Authenticate");
+        assert!(www.starts_with("Bearer"), "{www}");
+        assert!(www.contains(r#"error="invalid_token""#), "{www}");
+        self
+    }
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        try_start(db, extra, env).unwrap_or_else(|e| panic!("the server did not start: {e}"))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends a request and checks what every answer must have: a Date, a
+    /// JSON body, never a 5xx or 422, a protocol body on every error.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        let res = req.send().await.expect("HTTP request failed");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        assert!(
+            !status.is_server_error() && status != StatusCode::UNPROCESSABLE_ENTITY,
+            "{status}: {text}"
+        );
+        assert!(headers.contains_key("date"), "no Date header");
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert_eq!(ct, "application/json; charset=utf-8");
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+        if !status.is_success() {
+            assert!(body["error"].is_string(), "{status} {text}");
+            assert!(body["error_description"].is_string(), "{status} {text}");
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(body["error"], "invalid_token");
+                assert!(headers.contains_key("www-authenticate"));
+            }
+        }
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    async fn form(&self, path: &str, form: &[(&str, &str)], token: Option<&str>) -> Resp {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    async fn login(&self, name: &str, pw: &str) -> Resp {
+        self.form(
+            "/v1/auth/token",
+            &[
+                ("grant_type", "password"),
+                ("username", name),
+                ("password", pw),
+            ],
+            None,
+        )
+        .await
+    }
+
+    async fn refresh(&self, rt: &str) -> Resp {
+        self.form(
+            "/v1/auth/token",
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            None,
+        )
+        .await
+    }
+
+    async fn session(&self, at: &str) -> Resp {
+        self.get("/v1/auth/session", Some(at)).await
+    }
+
+    async fn push(&self, at: &str, body: &Value) -> Resp {
+        self.send(
+            self.http
+                .post(self.url("/v1/sync/push"))
+                .bearer_auth(at)
+                .json(body),
+        )
+        .await
+    }
+
+    async fn push_ok(&self, at: &str, list: Vec<Value>) -> Value {
+        self.push(at, &ops(list)).await.ok().clone()
+    }
+
+    async fn pull_ok(&self, at: &str, query: &str) -> Value {
+        self.get(&format!("/v1/sync/pull{query}"), Some(at))
+            .await
+            .ok()
+            .clone()
+    }
+
+    /// Sends SIGTERM and waits (at most 15 s) for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("no {k} in {v}"))
+        .to_string()
+}
+
+/// The current signing key, read from the database as only the server
+/// (and an attacker who stole the file) could.
+fn current_key(db: &Path) -> (SigningKey, String) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let (kid, secret): (String, Vec<u8>) = conn
+        .query_row(
+            "SELECT kid, secret FROM signing_keys WHERE retired_at IS NULL ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    (SigningKey::from_bytes(&secret.try_into().unwrap()), kid)
+}
+
+// ------------------------------------------------------------------ basics
+
+#[tokio::test]
+async fn serves_health_metadata_and_jwks() {
+    let env = Env::new();
+    let srv = env.start(&[]);
+    let r = srv.get("/healthz", None).await;
+    assert_eq!(r.ok(), &json!({"status": "ok"}));
+    let date = r.header("date").unwrap();
+    assert!(date.ends_with("GMT"), "{date}");
+
+    let issuer = format!("http://127.0.0.1:{}", srv.port);
+    let m = srv
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .ok()
+        .clone();
+    assert_eq!(
+        m,
+        json!({
+            "issuer": issuer,
+            "token_endpoint": format!("{issuer}/v1/auth/token"),
+            "revocation_endpoint": format!("{issuer}/v1/auth/revoke"),
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "grant_types_supported": ["password", "refresh_token"],
+        })
+    );
+    let r = srv.get("/.well-known/jwks.json", None).await;
+    assert!(r.header("cache-control").unwrap().contains("max-age=300"));
+    let keys = r.ok()["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kty"], "OKP");
+    assert_eq!(keys[0]["crv"], "Ed25519");
+    assert_eq!(keys[0]["alg"], "EdDSA");
+    assert_eq!(keys[0]["use"], "sig");
+    // One log line per request, with a request id sent back.
+    assert!(r.header("x-request-id").is_some());
+    srv.get("/nope", None).await.err(404, "not_found");
+    srv.send(srv.http.delete(srv.url("/healthz")))
+        .await
+        .err(405, "method_not_allowed");
+    srv.send(srv.http.get(srv.url("/v1/auth/token")))
+        .await
+        .err(405, "method_not_allowed");
+    let log = srv.stderr();
+    assert!(log.contains("request_id"), "{log}");
+}
+
+#[tokio::test]
+async fn sign_in_sync_refresh_and_log_out() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let r = srv.login(&name, &pw).await;
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let t = r.ok().clone();
+    assert_token_response(&t, &name);
+    assert_eq!(t["expires_in"], 900);
+    assert_eq!(t["refresh_expires_in"], 2_592_000);
+    let at = s(&t, "access_token");
+    let claims = jwt_part(&at, 1);
+    // A user added while the server runs can sign in at once.
+    let (late, late_pw) = env.add_user();
+    srv.login(&late, &late_pw).await.ok();
+    assert_eq!(claims["iss"], format!("http://127.0.0.1:{}", srv.port));
+    assert_eq!(claims["aud"], "latchkey");
+    assert_eq!(claims["name"], name.as_str());
+    assert_eq!(claims["sid"], t["session_id"]);
+    let jwks: latchkey_protocol::Jwks =
+        serde_json::from_value(srv.get("/.well-known/jwks.json", None).await.ok().clone()).unwrap();
+    latchkey_protocol::KeySet::from_jwks(&jwks)
+        .unwrap()
+        .verify(&at, claims["iss"].as_str().unwrap(), now(), 30)
+        .unwrap();
+
+    let sess = srv.session(&at).await.ok().clone();
+    assert_eq!(sess["session_id"], t["session_id"]);
+    assert_eq!(sess["user"], t["user"]);
+    assert_eq!(sess["expires_at"], claims["exp"]);
+
+    let (op, n) = (uuid(), uuid());
+    let res = srv
+        .push_ok(&at, vec![upsert(&op, &n, 0, "hello", "world")])
+        .await;
+    assert_eq!(
+        res,
+        json!({"results": [{"op_id": op, "status": "applied", "note_id": n, "rev": 1}],
+               "cursor": 1})
+    );
+    let pulled = srv.pull_ok(&at, "?since=0&limit=10").await;
+    assert_eq!(pulled["cursor"], 1);
+    assert_eq!(pulled["more"], false);
+    assert_eq!(pulled["changes"][0]["title"], "hello");
+
+    let r = srv.refresh(&s(&t, "refresh_token")).await;
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let t2 = r.ok().clone();
+    assert_ne!(t2["refresh_token"], t["refresh_token"]);
+    assert_eq!(t2["session_id"], t["session_id"]);
+    let at2 = s(&t2, "access_token");
+    srv.session(&at2).await.ok();
+
+    // Log out with the refresh token.
+    srv.form(
+        "/v1/auth/revoke",
+        &[("token", &s(&t2, "refresh_token"))],
+        None,
+    )
+    .await
+    .ok();
+    for a in [&at, &at2] {
+        let r = srv.session(a).await;
+        r.unauthorized();
+        assert_eq!(r.body["reason"], "revoked");
+    }
+    let r = srv.refresh(&s(&t2, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "revoked");
+
+    // Log out with the access token and an empty body.
+    let t3 = srv.login(&name, &pw).await.ok().clone();
+    let at3 = s(&t3, "access_token");
+    srv.send(srv.http.post(srv.url("/v1/auth/revoke")).bearer_auth(&at3))
+        .await
+        .ok();
+    srv.session(&at3).await.unauthorized();
+    // An unknown token: 200 all the same.
+    srv.form("/v1/auth/revoke", &[("token", "unknown")], None)
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn every_error_code_over_http() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    let at = s(&t, "access_token");
+
+    // invalid_request
+    srv.form(
+        "/v1/auth/token",
+        &[("grant_type", "password"), ("username", &name)],
+        None,
+    )
+    .await
+    .err(400, "invalid_request");
+    srv.send(
+        srv.http
+            .post(srv.url("/v1/auth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=password&grant_type=password&username=a&password=b"),
+    )
+    .await
+    .err(400, "invalid_request");
+    srv.send(
+        srv.http
+            .post(srv.url("/v1/sync/push"))
+            .bearer_auth(&at)
+            .header("content-type", "application/json")
+            .body("{\"ops\": [}"),
+    )
+    .await
+    .err(400, "invalid_request");
+    srv.push(&at, &json!({"ops": [{"op_id": 1}]}))
+        .await
+        .err(400, "invalid_request");
+    srv.push(&at, &ops(vec![upsert(&uuid(), "nope", 0, "", "")]))
+        .await
+        .err(400, "invalid_request");
+    srv.push(&at, &ops(vec![upsert(&uuid(), &uuid(), -1, "", "")]))
+        .await
+        .err(400, "invalid_request");
+    srv.push(
+        &at,
+        &ops(vec![
+            json!({"op_id": uuid(), "note_id": uuid(), "base_rev": 0, "action": "archive"}),
+        ]),
+    )
+    .await
+    .err(400, "invalid_request");
+    srv.push(
+        &at,
+        &ops(vec![upsert(&uuid(), &uuid(), 0, &"t".repeat(4097), "")]),
+    )
+    .await
+    .err(400, "invalid_request");
+    srv.push(
+        &at,
+        &ops((0..1001)
+            .map(|_| upsert(&uuid(), &uuid(), 0, "", ""))
+            .collect()),
+    )
+    .await
+    .err(400, "invalid_request");
+    srv.get("/v1/sync/pull?since=-1", Some(&at))
+        .await
+        .err(400, "invalid_request");
+    srv.get("/v1/sync/pull?limit=zero", Some(&at))
+        .await
+        .err(400, "invalid_request");
+    // 415 invalid_request
+    srv.send(
+        srv.http
+            .post(srv.url("/v1/auth/token"))
+            .json(&json!({"grant_type": "password", "username": name, "password": pw})),
+    )
+    .await
+    .err(415, "invalid_request");
+    srv.send(
+        srv.http
+            .post(srv.url("/v1/sync/push"))
+            .bearer_auth(&at)
+            .header("content-type", "text/plain")
+            .body(r#"{"ops":[]}"#),
+    )
+    .await
+    .err(415, "invalid_request");
+    // unsupported_grant_type
+    srv.form(
+        "/v1/auth/token",
+        &[("grant_type", "client_credentials")],
+        None,
+    )
+    .await
+    .err(400, "unsupported_grant_type");
+    // invalid_grant, with a reason
+    let r = srv.login(&name, "wrong").await;
+    r.err(400, "invalid_grant");
+    let r2 = srv.login(&unique("ghost"), "wrong").await;
+    assert_eq!(r.body, r2.body, "a username's existence leaks");
+    let r = srv.refresh("unknown").await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "invalid");
+    // invalid_token: without error= when no token was sent
+    let r = srv.get("/v1/auth/session", None).await;
+    r.err(401, "invalid_token");
+    let www = r.header("www-authenticate").unwrap();
+    assert!(
+        www.starts_with("Bearer") && !www.contains("error="),
+        "{www}"
+    );
+    srv.session("garbage").await.unauthorized();
+    // not_found, method_not_allowed
+    srv.get("/v1/nothing", Some(&at))
+        .await
+        .err(404, "not_found");
+    srv.send(srv.http.put(srv.url("/v1/sync/push")).bearer_auth(&at))
+        .await
+        .err(405, "method_not_allowed");
+    // request_too_large
+    let big = "x".repeat(64 * 1024);
+    srv.form(
+        "/v1/auth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", &name),
+            ("password", &big),
+        ],
+        None,
+    )
+    .await
+    .err(413, "request_too_large");
+    // The bad pushes applied nothing.
+    assert_eq!(srv.pull_ok(&at, "").await["cursor"], 0);
+}
+
+#[tokio::test]
+async fn a_push_over_8_mib_is_413() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    let at = s(&t, "access_token");
+    let big = "b".repeat(3 * 1024 * 1024);
+    let body = ops((0..3)
+        .map(|_| upsert(&uuid(), &uuid(), 0, "t", &big))
+        .collect());
+    for _ in 0..3 {
+        srv.push(&at, &body).await.err(413, "request_too_large");
+    }
+    // Just under the limit is fine: 2 notes of 3 MiB.
+    let body = ops((0..2)
+        .map(|_| upsert(&uuid(), &uuid(), 0, "t", &big))
+        .collect());
+    srv.push(&at, &body).await.ok();
+    assert_eq!(srv.pull_ok(&at, "?limit=1").await["more"], true);
+}
+
+#[tokio::test]
+async fn throttles_failed_sign_ins() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let (other, other_pw) = env.add_user();
+    let srv = env.start(&[]);
+    for _ in 0..10 {
+        srv.login(&name, "wrong").await.err(400, "invalid_grant");
+    }
+    let r = srv.login(&name, "wrong").await;
+    r.err(429, "slow_down");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&wait));
+    let r = srv.login(&name, &pw).await;
+    r.err(429, "slow_down");
+    assert!(r.header("retry-after").is_some());
+    srv.login(&other, &other_pw).await.ok();
+}
+
+// ---------------------------------------------------------- forged tokens
+
+#[tokio::test]
+async fn forged_tokens_are_refused() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    let at = s(&t, "access_token");
+    let jwks = srv.get("/.well-known/jwks.json", None).await.ok().clone();
+    let kid = s(&jwks["keys"][0], "kid");
+    let x = s(&jwks["keys"][0], "x");
+    let good = jwt_part(&at, 1);
+    let (real, real_kid) = current_key(&env.db);
+    assert_eq!(real_kid, kid);
+    // Sanity: a token made with the real key and good claims is accepted,
+    // so each refusal below is for the one thing changed.
+    srv.session(&sign_raw(&real, &header(&kid), &good))
+        .await
+        .ok();
+
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let mut forged: Vec<(&str, String)> = Vec::new();
+    for tok in alg_none(&kid, &good) {
+        forged.push(("alg none", tok));
+    }
+    for tok in hs256_with_public_key(&x, &kid, &good) {
+        forged.push(("HS256 with the public key", tok));
+    }
+    forged.push((
+        "tampered payload",
+        tamper(&at, &with("name", json!("admin"))),
+    ));
+    forged.push((
+        "foreign key, real kid",
+        sign_raw(&SigningKey::from_bytes(&[3u8; 32]), &header(&kid), &good),
+    ));
+    forged.push((
+        "expired",
+        sign_raw(&real, &header(&kid), &with("exp", json!(now() - 300))),
+    ));
+    forged.push((
+        "wrong iss",
+        sign_raw(
+            &real,
+            &header(&kid),
+            &with("iss", json!("http://evil.test")),
+        ),
+    ));
+    forged.push((
+        "wrong aud",
+        sign_raw(&real, &header(&kid), &with("aud", json!("other"))),
+    ));
+    forged.push((
+        "wrong typ",
+        sign_raw(
+            &real,
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+            &good,
+        ),
+    ));
+    forged.push((
+        "over 8 KiB",
+        sign_raw(&real, &header(&kid), &with("pad", json!("p".repeat(9000)))),
+    ));
+    for g in garbage_tokens() {
+        forged.push(("garbage", g));
+    }
+    for (label, tok) in &forged {
+        let r = srv.session(tok).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{label}: {}", r.text);
+        r.unauthorized();
+        srv.get("/v1/sync/pull", Some(tok)).await.unauthorized();
+        srv.push(tok, &ops(vec![])).await.unauthorized();
+    }
+    srv.session(&at).await.ok();
+    assert!(!srv.stderr().contains(&at));
+}
+
+// ---------------------------------------------------------------- lifetimes
+
+#[tokio::test]
+async fn access_tokens_expire_and_a_refresh_gets_a_new_one() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&["--access-ttl", "2s", "--leeway", "0s"]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    assert_eq!(t["expires_in"], 2);
+    let at = s(&t, "access_token");
+    srv.session(&at).await.ok();
+    let (srv_, at_) = (&srv, &at);
+    let expired = poll_until(Duration::from_secs(6), || async move {
+        let r = srv_.session(at_).await;
+        (r.status == StatusCode::UNAUTHORIZED).then_some(r)
+    })
+    .await
+    .expect("the access token never expired")
+    .0;
+    expired.unauthorized();
+    assert_eq!(expired.body["reason"], "expired");
+    let t2 = srv.refresh(&s(&t, "refresh_token")).await.ok().clone();
+    srv.session(&s(&t2, "access_token")).await.ok();
+}
+
+#[tokio::test]
+async fn sessions_end_at_the_refresh_lifetime() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&["--refresh-ttl", "3s", "--leeway", "0s"]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    assert!(t["refresh_expires_in"].as_u64().unwrap() <= 3);
+    // An access token never outlives its session.
+    assert!(t["expires_in"].as_u64().unwrap() <= 3);
+    let started = Instant::now();
+    let mut rt = s(&t, "refresh_token");
+    let end = loop {
+        let r = srv.refresh(&rt).await;
+        if r.status != StatusCode::OK {
+            break r;
+        }
+        rt = s(&r.body, "refresh_token");
+        assert!(started.elapsed() < Duration::from_secs(8), "never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    end.err(400, "invalid_grant");
+    assert_eq!(end.body["reason"], "expired");
+    srv.session(&s(&t, "access_token")).await.unauthorized();
+    // Signing in again starts a new session.
+    srv.login(&name, &pw).await.ok();
+}
+
+// --------------------------------------------------- refresh-token reuse
+
+#[tokio::test]
+async fn refresh_token_reuse_and_the_retry_exception() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+
+    // Reuse: R0 -> R1 -> R2, then R0 again kills the session at once.
+    let t0 = srv.login(&name, &pw).await.ok().clone();
+    let t1 = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    let t2 = srv.refresh(&s(&t1, "refresh_token")).await.ok().clone();
+    let r = srv.refresh(&s(&t0, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "reused");
+    for t in [&t0, &t1, &t2] {
+        srv.session(&s(t, "access_token")).await.unauthorized();
+    }
+    let r = srv.refresh(&s(&t2, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+
+    // Retry: R0 -> R1 (answer lost), R0 again -> R2; R1 is just unknown.
+    let t0 = srv.login(&name, &pw).await.ok().clone();
+    let lost = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    let t2 = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    assert_eq!(t2["session_id"], t0["session_id"]);
+    let r = srv.refresh(&s(&lost, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "invalid");
+    srv.session(&s(&t2, "access_token")).await.ok();
+    let t3 = srv.refresh(&s(&t2, "refresh_token")).await.ok().clone();
+    srv.session(&s(&t3, "access_token")).await.ok();
+}
+
+// ------------------------------------------------------- the CLI, live
+
+#[tokio::test]
+async fn cli_session_revoke_applies_within_a_second() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let (other, other_pw) = env.add_user();
+    let srv = env.start(&[]);
+    let a = srv.login(&name, &pw).await.ok().clone();
+    let b = srv.login(&name, &pw).await.ok().clone();
+    let o = srv.login(&other, &other_pw).await.ok().clone();
+    let (at_a, at_b) = (s(&a, "access_token"), s(&b, "access_token"));
+    srv.session(&at_a).await.ok();
+    srv.session(&at_b).await.ok();
+
+    let out = env.cli(&["session", "revoke", "--username", &name], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let done = Instant::now();
+    assert!(text(&out.stdout).contains('2'), "{}", text(&out.stdout));
+    let (srv_, at_) = (&srv, &at_a);
+    let (_, waited) = poll_until(Duration::from_secs(5), || async move {
+        (srv_.session(at_).await.status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await
+    .expect("the revocation never took effect");
+    let total = done.elapsed();
+    assert!(
+        total <= Duration::from_millis(1500),
+        "revocation took {total:?} (polled {waited:?})"
+    );
+    let r = srv.session(&at_b).await;
+    r.unauthorized();
+    assert_eq!(r.body["reason"], "revoked");
+    let r = srv.refresh(&s(&a, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "revoked");
+    srv.get("/v1/sync/pull", Some(&at_b)).await.unauthorized();
+    srv.session(&s(&o, "access_token")).await.ok();
+    // The user can sign in again.
+    let again = srv.login(&name, &pw).await.ok().clone();
+    srv.session(&s(&again, "access_token")).await.ok();
+
+    // An unknown user: a clear failure.
+    let out = env.cli(&["session", "revoke", "--username", &unique("ghost")], None);
+    assert_clean_failure(&out, "revoke of an unknown user");
+}
+
+#[tokio::test]
+async fn cli_keys_rotate_is_picked_up_within_a_second() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    let old_at = s(&t, "access_token");
+    let old_kid = s(&jwt_part(&old_at, 0), "kid");
+
+    let out = env.cli(&["keys", "rotate"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let done = Instant::now();
+    let mut rt = s(&t, "refresh_token");
+    let fresh = loop {
+        let r = srv.refresh(&rt).await.ok().clone();
+        rt = s(&r, "refresh_token");
+        let at = s(&r, "access_token");
+        if jwt_part(&at, 0)["kid"] != old_kid.as_str() {
+            break at;
+        }
+        assert!(done.elapsed() < Duration::from_secs(5), "still the old key");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let took = done.elapsed();
+    assert!(
+        took <= Duration::from_millis(1500),
+        "rotation took {took:?}"
+    );
+    let new_kid = s(&jwt_part(&fresh, 0), "kid");
+    let jwks = srv.get("/.well-known/jwks.json", None).await.ok().clone();
+    let kids: Vec<String> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| s(k, "kid"))
+        .collect();
+    assert!(
+        kids.contains(&old_kid) && kids.contains(&new_kid),
+        "{kids:?}"
+    );
+    // Tokens signed before the rotation still verify, and new ones too.
+    srv.session(&old_at).await.ok();
+    srv.session(&fresh).await.ok();
+    let set = latchkey_protocol::KeySet::from_jwks(&serde_json::from_value(jwks).unwrap()).unwrap();
+    let iss = format!("http://127.0.0.1:{}", srv.port);
+    set.verify(&old_at, &iss, now(), 30).unwrap();
+    set.verify(&fresh, &iss, now(), 30).unwrap();
+    // Sign-ins use the new key too.
+    let t2 = srv.login(&name, &pw).await.ok().clone();
+    assert_eq!(
+        jwt_part(&s(&t2, "access_token"), 0)["kid"],
+        new_kid.as_str()
+    );
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_share_sessions_and_revocations() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let issuer = ["--issuer", "http://latchkey.test"];
+    let a = env.start(&issuer);
+    let b = env.start(&issuer);
+    let t = a.login(&name, &pw).await.ok().clone();
+    let at = s(&t, "access_token");
+    b.session(&at).await.ok();
+    // A refresh on B of a token from A, then reuse detected on A.
+    let t1 = b.refresh(&s(&t, "refresh_token")).await.ok().clone();
+    let t2 = b.refresh(&s(&t1, "refresh_token")).await.ok().clone();
+    let r = a.refresh(&s(&t, "refresh_token")).await;
+    assert_eq!(r.body["reason"], "reused");
+    a.session(&s(&t2, "access_token")).await.unauthorized();
+    let done = Instant::now();
+    let (b_, at2) = (&b, &s(&t2, "access_token"));
+    poll_until(Duration::from_secs(5), || async move {
+        (b_.session(at2).await.status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await
+    .expect("B never learnt of the revocation");
+    assert!(done.elapsed() <= Duration::from_millis(1500));
+    // Notes pushed through one are pulled through the other.
+    let t3 = a.login(&name, &pw).await.ok().clone();
+    let at3 = s(&t3, "access_token");
+    a.push_ok(&at3, vec![upsert(&uuid(), &uuid(), 0, "via A", "")])
+        .await;
+    b.push_ok(&at3, vec![upsert(&uuid(), &uuid(), 0, "via B", "")])
+        .await;
+    let p = b.pull_ok(&at3, "").await;
+    let revs: Vec<i64> = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rev"].as_i64().unwrap())
+        .collect();
+    assert_eq!(revs, vec![1, 2]);
+}
+
+// ------------------------------------------------------------- concurrency
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_pushes() {
+    let env = Env::new();
+    let users: Vec<(String, String)> = (0..5).map(|_| env.add_user()).collect();
+    let srv = Arc::new(env.start(&[]));
+    let mut tokens = Vec::new();
+    for (n, p) in &users {
+        tokens.push(s(srv.login(n, p).await.ok(), "access_token"));
+    }
+
+    // 50 from one user.
+    let one = tokens[0].clone();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (srv, at) = (srv.clone(), one.clone());
+            tokio::spawn(async move {
+                srv.push(&at, &ops(vec![upsert(&uuid(), &uuid(), 0, "one", "")]))
+                    .await
+            })
+        })
+        .collect();
+    let mut revs = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        let body = r.ok();
+        assert_eq!(body["results"][0]["status"], "applied");
+        revs.push(body["results"][0]["rev"].as_i64().unwrap());
+    }
+    revs.sort_unstable();
+    assert_eq!(revs, (1..=50).collect::<Vec<_>>());
+    let p = srv.pull_ok(&one, "").await;
+    let pulled: Vec<i64> = p["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["rev"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pulled, (1..=50).collect::<Vec<_>>());
+
+    // 50 from several users (the other four, and the first again), all
+    // also writing one shared note id.
+    let shared = uuid();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (srv, at) = (srv.clone(), tokens[i % 5].clone());
+            let note = if i < 5 { shared.clone() } else { uuid() };
+            tokio::spawn(async move {
+                let r = srv
+                    .push(
+                        &at,
+                        &ops(vec![upsert(&uuid(), &note, 0, &format!("u{}", i % 5), "")]),
+                    )
+                    .await;
+                (i % 5, r)
+            })
+        })
+        .collect();
+    let mut per_user = vec![Vec::new(); 5];
+    for t in tasks {
+        let (who, r) = t.await.unwrap();
+        assert_eq!(r.ok()["results"][0]["status"], "applied");
+        per_user[who].push(r.body["results"][0]["rev"].as_i64().unwrap());
+    }
+    for (i, mut revs) in per_user.into_iter().enumerate() {
+        revs.sort_unstable();
+        let base = if i == 0 { 50 } else { 0 };
+        assert_eq!(revs, (base + 1..=base + 10).collect::<Vec<_>>(), "user {i}");
+        let p = srv.pull_ok(&tokens[i], &format!("?since={base}")).await;
+        let changes = p["changes"].as_array().unwrap();
+        assert_eq!(changes.len(), 10);
+        assert!(
+            changes
+                .iter()
+                .all(|c| c["title"] == format!("u{i}").as_str())
+        );
+        assert!(changes.iter().any(|c| c["note_id"] == shared.as_str()));
+    }
+}
+
+// -------------------------------------------------------------- durability
+
+#[tokio::test]
+async fn an_acknowledged_push_survives_sigkill() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let mut srv = env.start(&[]);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    let at = s(&t, "access_token");
+    let (op, n) = (uuid(), uuid());
+    let batch = vec![upsert(&op, &n, 0, "durable", "survives a crash")];
+    srv.push_ok(&at, batch.clone()).await;
+    // SIGKILL right after the acknowledgement: no clean shutdown.
+    srv.child.kill().unwrap();
+    srv.child.wait().unwrap();
+    drop(srv);
+
+    let srv = env.start(&[]);
+    // The refresh token of before the crash still works (new port, new
+    // issuer, so a fresh access token is needed).
+    let t2 = srv.refresh(&s(&t, "refresh_token")).await.ok().clone();
+    let at2 = s(&t2, "access_token");
+    let p = srv.pull_ok(&at2, "").await;
+    assert_eq!(p["changes"][0]["note_id"], n.as_str());
+    assert_eq!(p["changes"][0]["body"], "survives a crash");
+    // The op log survived too: the retried push is a duplicate.
+    let res = srv.push_ok(&at2, batch).await;
+    assert_eq!(res["results"][0]["status"], "duplicate");
+    assert_eq!(res["cursor"], 1);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let env = Env::new();
+    // Right after the "listening" line...
+    let mut srv = env.start(&[]);
+    let status = srv.terminate();
+    assert!(status.success(), "{status}: {}", srv.stderr());
+    // ...and after serving.
+    let mut srv = env.start(&[]);
+    srv.get("/healthz", None).await.ok();
+    let status = srv.terminate();
+    assert!(status.success(), "{status}: {}", srv.stderr());
+    assert!(!srv.stderr().contains("panicked"));
+}
+
+// ---------------------------------------------------------------- the CLI
+
+#[test]
+fn cli_user_add_and_list() {
+    let env = Env::new();
+    let (a, _) = env.add_user();
+    let (b, _) = env.add_user();
+    let out = env.cli(
+        &["user", "add", "--username", &a, "--password-stdin"],
+        Some("another\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(err.contains(&a), "{err}");
+    assert!(!err.contains("panicked"));
+    let out = env.cli(&["user", "list"], None);
+    assert!(out.status.success());
+    let list = text(&out.stdout);
+    assert!(list.contains(&a) && list.contains(&b), "{list}");
+    assert_eq!(list.lines().count(), 2, "{list}");
+    // Bad input to `user add`.
+    for (args, stdin) in [
+        (
+            vec!["user", "add", "--username", "", "--password-stdin"],
+            "pw\n",
+        ),
+        (
+            vec!["user", "add", "--username", "has space", "--password-stdin"],
+            "pw\n",
+        ),
+        (
+            vec![
+                "user",
+                "add",
+                "--username",
+                "nopassword",
+                "--password-stdin",
+            ],
+            "\n",
+        ),
+        (
+            vec![
+                "user",
+                "add",
+                "--username",
+                "nopassword2",
+                "--password-stdin",
+            ],
+            "",
+        ),
+        // No terminal to prompt on.
+        (vec!["user", "add", "--username", "noterminal"], ""),
+    ] {
+        let out = env.cli(&args, Some(stdin));
+        assert_clean_failure(&out, &format!("{args:?}"));
+    }
+    let list = text(&env.cli(&["user", "list"], None).stdout);
+    assert_eq!(list.lines().count(), 2, "{list}");
+}
+
+#[test]
+fn cli_wrong_flags_fail_cleanly() {
+    let env = Env::new();
+    let db = env.db().to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["bogus"],
+        vec!["serve", "--bogus"],
+        vec!["serve", "--db", &db, "--addr", "not-an-address"],
+        vec!["serve", "--db", &db, "--access-ttl", "banana"],
+        vec!["serve", "--db", &db, "--refresh-ttl", "-5s"],
+        vec!["serve", "--db", &db, "--leeway", "2m"],
+        vec!["serve", "--db", &db, "--access-ttl", "0s"],
+        vec!["serve", "--db", &db, "--issuer", "ftp://example.test"],
+        vec!["serve", "--db", &db, "--tls-cert", "/nonexistent.pem"],
+        vec!["user"],
+        vec!["user", "add", "--db", &db],
+        vec!["user", "remove", "--username", "x", "--db", &db],
+        vec!["session", "revoke", "--db", &db],
+        vec!["keys", "spin", "--db", &db],
+    ];
+    for args in cases {
+        let out = run(&args, None);
+        assert_clean_failure(&out, &format!("{args:?}"));
+    }
+    // Missing TLS files: a clear sentence too.
+    let out = run(
+        &[
+            "serve",
+            "--db",
+            &db,
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+        None,
+    );
+    let err = assert_clean_failure(&out, "missing TLS files");
+    assert!(err.contains("TLS") || err.contains("cert"), "{err}");
+}
+
+/// The lines of stderr that are not log lines of the server.
+fn said(err: &str) -> Vec<&str> {
+    err.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[test]
+fn an_unusable_database_is_one_clear_sentence() {
+    let env = Env::new();
+    let garbage = env.dir.path().join("garbage.db");
+    std::fs::write(
+        &garbage,
+        b"this is not a database, not at all; just some text ".repeat(200),
+    )
+    .unwrap();
+    let not_a_file = env.dir.path().join("a-directory");
+    std::fs::create_dir(&not_a_file).unwrap();
+    let no_dir = env.dir.path().join("missing").join("s.db");
+    let newer = env.dir.path().join("newer.db");
+    {
+        let c = rusqlite::Connection::open(&newer).unwrap();
+        c.pragma_update(None, "user_version", 999).unwrap();
+        c.execute_batch("CREATE TABLE t (x)").unwrap();
+    }
+    for db in [&garbage, &not_a_file, &no_dir, &newer] {
+        let db = db.to_str().unwrap();
+        for args in [
+            vec!["user", "list", "--db", db],
+            vec!["keys", "rotate", "--db", db],
+            vec!["session", "revoke", "--username", "x", "--db", db],
+            vec!["serve", "--addr", "127.0.0.1:0", "--db", db],
+        ] {
+            let out = run(&args, Some("pw\n"));
+            let err = assert_clean_failure(&out, &format!("{args:?}"));
+            let lines = said(&err);
+            assert_eq!(lines.len(), 1, "{args:?}: {err}");
+            assert!(
+                lines[0].contains("database") || lines[0].contains("schema"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // Garbage stays garbage: nothing wrote over it.
+    assert!(std::fs::read(&garbage).unwrap().starts_with(b"this is not"));
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_sentence() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["serve", "--addr", &addr, "--db", env.db()], None);
+    let err = assert_clean_failure(&out, "port in use");
+    assert!(err.contains("in use"), "{err}");
+    assert!(err.contains(&addr), "{err}");
+    assert_eq!(said(&err).len(), 1, "{err}");
+}
+
+#[test]
+fn plain_http_on_a_non_loopback_address_is_refused() {
+    let env = Env::new();
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:8787"] {
+        let out = run(&["serve", "--addr", addr, "--db", env.db()], None);
+        let err = assert_clean_failure(&out, addr);
+        assert!(
+            err.contains("--insecure-http") && err.contains("TLS"),
+            "{err}"
+        );
+        // Refused before it even made a database.
+    }
+    assert!(!env.db.exists());
+}
+
+#[tokio::test]
+async fn demo_mode_prints_a_password_that_signs_in() {
+    let env = Env::new();
+    let srv = env.start(&["--demo"]);
+    let pw_file = PathBuf::from(format!("{}.demo-password", env.db()));
+    let meta = std::fs::metadata(&pw_file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    let password = std::fs::read_to_string(&pw_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(password.len() >= 12, "a weak demo password");
+    let (srv_, pw_) = (&srv, &password);
+    let printed = poll_until(Duration::from_secs(5), || async move {
+        let out = srv_.stdout.lock().unwrap().clone();
+        out.contains(pw_.as_str()).then_some(out)
+    })
+    .await
+    .expect("the demo password was not printed")
+    .0;
+    assert!(printed.contains("demo"), "{printed}");
+    let t = srv.login("demo", &password).await.ok().clone();
+    assert_eq!(t["user"]["username"], "demo");
+    // The password never goes to the log.
+    assert!(!srv.stderr().contains(&password));
+    drop(srv);
+    // Every start prints the same credentials, which still work.
+    let srv = env.start(&["--demo"]);
+    let (srv_, pw_) = (&srv, &password);
+    poll_until(Duration::from_secs(5), || async move {
+        srv_.stdout
+            .lock()
+            .unwrap()
+            .contains(pw_.as_str())
+            .then_some(())
+    })
+    .await
+    .expect("the demo password was not printed again");
+    srv.login("demo", &password).await.ok();
+    let list = text(&env.cli(&["user", "list"], None).stdout);
+    assert_eq!(list.matches("demo").count(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn the_database_is_private_and_the_log_holds_no_secret() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&env.db), 0o600);
+    let t = srv.login(&name, &pw).await.ok().clone();
+    let (at, rt) = (s(&t, "access_token"), s(&t, "refresh_token"));
+    let wal = PathBuf::from(format!("{}-wal", env.db()));
+    if wal.exists() {
+        assert_eq!(mode(&wal) & 0o077, 0, "the WAL is readable by others");
+    }
+    // Secrets in every place a careless log could pick them up from.
+    let wrong_pw = unique("wrongpw");
+    srv.login(&name, &wrong_pw).await.err(400, "invalid_grant");
+    srv.login(&unique("nobody"), &wrong_pw).await;
+    let t2 = srv.refresh(&rt).await.ok().clone();
+    srv.refresh(&rt).await; // a reuse: logged as an event, not the token
+    srv.get(
+        &format!("/v1/sync/pull?since=0&token={rt}&password={pw}"),
+        Some(&at),
+    )
+    .await;
+    srv.session(&format!("{at}x")).await;
+    srv.form(
+        "/v1/auth/revoke",
+        &[("token", &s(&t2, "refresh_token"))],
+        None,
+    )
+    .await;
+    // Neither is the database: it holds hashes only.
+    let mut stored = Vec::new();
+    for suffix in ["", "-wal"] {
+        if let Ok(bytes) = std::fs::read(format!("{}{suffix}", env.db())) {
+            stored.extend(bytes);
+        }
+    }
+    for secret in [&pw, &rt, &s(&t2, "refresh_token"), &at] {
+        assert!(
+            !stored.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a secret is stored in clear"
+        );
+    }
+    let log = srv.stderr();
+    for secret in [
+        &pw,
+        &wrong_pw,
+        &at,
+        &rt,
+        &s(&t2, "refresh_token"),
+        &s(&t2, "access_token"),
+    ] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret is in the log:\n{log}"
+        );
+    }
+    // The signature part alone is a secret too.
+    assert!(!log.contains(at.rsplit('.').next().unwrap()));
+    assert!(log.contains("request_id"), "{log}");
+}
+
+#[tokio::test]
+async fn flags_read_their_environment_variables() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = Server::start(
+        &env.db,
+        &[],
+        &[
+            ("LATCHKEY_ACCESS_TTL", "2m"),
+            ("LATCHKEY_REFRESH_TTL", "1h"),
+            ("LATCHKEY_ISSUER", "http://notes.example.test"),
+        ],
+    );
+    let m = srv
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .ok()
+        .clone();
+    assert_eq!(m["issuer"], "http://notes.example.test");
+    assert_eq!(
+        m["token_endpoint"],
+        "http://notes.example.test/v1/auth/token"
+    );
+    let t = srv.login(&name, &pw).await.ok().clone();
+    assert_eq!(t["expires_in"], 120);
+    assert_eq!(t["refresh_expires_in"], 3600);
+    let at = s(&t, "access_token");
+    assert_eq!(jwt_part(&at, 1)["iss"], "http://notes.example.test");
+    srv.session(&at).await.ok();
+    // LATCHKEY_DB is the database of every subcommand.
+    let out = run_env(&["user", "list"], None, &[("LATCHKEY_DB", env.db())]);
+    assert!(text(&out.stdout).contains(&name));
+    // Boolean flags take the usual spellings from their variables.
+    let other = unique("envuser");
+    let out = run_env(
+        &["user", "add"],
+        Some("secret-pw\n"),
+        &[
+            ("LATCHKEY_DB", env.db()),
+            ("LATCHKEY_USERNAME", &other),
+            ("LATCHKEY_PASSWORD_STDIN", "1"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    srv.login(&other, "secret-pw").await.ok();
+    drop(srv);
+    for yes in ["1", "true", "yes"] {
+        let env = Env::new();
+        let srv = Server::start(&env.db, &[], &[("LATCHKEY_DEMO", yes)]);
+        let pw = std::fs::read_to_string(format!("{}.demo-password", env.db())).unwrap();
+        srv.login("demo", pw.trim()).await.ok();
+    }
+    let env = Env::new();
+    let _srv = Server::start(&env.db, &[], &[("LATCHKEY_DEMO", "0")]);
+    assert!(!Path::new(&format!("{}.demo-password", env.db())).exists());
+}
+
+#[tokio::test]
+async fn serves_https_with_a_certificate() {
+    let env = Env::new();
+    let (cert, key) = (
+        env.dir.path().join("cert.pem"),
+        env.dir.path().join("key.pem"),
+    );
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let Ok(status) = made else {
+        eprintln!("SKIPPED: openssl is not installed");
+        return;
+    };
+    assert!(status.success());
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(srv.base.starts_with("https://127.0.0.1:"), "{}", srv.base);
+    let mut pem = Vec::new();
+    std::fs::File::open(&cert)
+        .unwrap()
+        .read_to_end(&mut pem)
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut srv = srv;
+    srv.http = https;
+    srv.get("/healthz", None).await.ok();
+    let m = srv
+        .get("/.well-known/oauth-authorization-server", None)
+        .await
+        .ok()
+        .clone();
+    assert_eq!(m["issuer"], format!("https://127.0.0.1:{}", srv.port));
+    let t = srv.login(&name, &pw).await.ok().clone();
+    srv.session(&s(&t, "access_token")).await.ok();
+}
+
+#[tokio::test]
+async fn early_answers_to_big_bodies_are_read_not_reset() {
+    // A handler that answers before reading a big body must not leave the
+    // client with a reset connection instead of the answer.
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let at = s(srv.login(&name, &pw).await.ok(), "access_token");
+    let big = "b".repeat(3 * 1024 * 1024);
+    let body = ops((0..2)
+        .map(|_| upsert(&uuid(), &uuid(), 0, "t", &big))
+        .collect());
+    srv.push("not-a-token", &body).await.unauthorized();
+    srv.send(srv.http.post(srv.url("/v1/sync/push")).json(&body))
+        .await
+        .err(401, "invalid_token");
+    srv.send(srv.http.post(srv.url("/v1/sync/nothing")).json(&body))
+        .await
+        .err(404, "not_found");
+    srv.send(srv.http.put(srv.url("/v1/sync/push")).json(&body))
+        .await
+        .err(405, "method_not_allowed");
+    srv.send(
+        srv.http
+            .post(srv.url("/v1/sync/push"))
+            .bearer_auth(&at)
+            .header("content-type", "text/plain")
+            .body(body.to_string()),
+    )
+    .await
+    .err(415, "invalid_request");
+    srv.send(
+        srv.http
+            .post(srv.url("/v1/auth/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=password&username=a&password={big}")),
+    )
+    .await
+    .err(413, "request_too_large");
+    // The connection stays usable, and nothing was applied.
+    assert_eq!(srv.pull_ok(&at, "").await["cursor"], 0);
+}
