@@ -5,9 +5,14 @@ set -euo pipefail
 
 # Debian packages: a C toolchain (SQLite is built from source, bundled);
 # D-Bus headers for the Secret Service keychain backend; a D-Bus session and
-# gnome-keyring so keychain tests run headless in their own session.
-PKGS=(build-essential pkg-config curl ca-certificates
-      libdbus-1-dev dbus dbus-x11 gnome-keyring libsecret-tools)
+# gnome-keyring so keychain tests run headless in their own session; the
+# WebKitGTK stack Tauri builds on; Xvfb and WebKitWebDriver for the real-
+# window tests; ImageMagick for screenshots.
+PKGS=(build-essential pkg-config curl wget file ca-certificates libssl-dev
+      libdbus-1-dev dbus dbus-x11 gnome-keyring libsecret-tools
+      libwebkit2gtk-4.1-dev libjavascriptcoregtk-4.1-dev libsoup-3.0-dev
+      libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
+      xvfb xauth webkit2gtk-driver imagemagick)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -22,3 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+
+# tauri-driver bridges WebDriver to WebKitWebDriver for the real-window tests.
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! [ -x "$CARGO_BIN/tauri-driver" ]; then
+  echo "setup: installing tauri-driver"
+  cargo install --quiet --locked tauri-driver --version '^2'
+fi

@@ -24,4 +24,4 @@ pub use error::{Error, Result};
 pub use http::{Http, ReqwestHttp};
 pub use status::{SessionState, Status, StatusError};
 pub use store::Note;
-pub use vault::{KeyringVault, MemoryVault, Vault, VaultEntry};
+pub use vault::{KeyringVault, MemoryVault, UnavailableVault, Vault, VaultEntry, system_vault};

@@ -171,6 +171,34 @@ impl Vault for KeyringVault {
     }
 }
 
+/// The vault when no keychain could be opened: every call fails with the
+/// reason, so the app runs, shows why, and never keeps a token elsewhere.
+#[derive(Debug, Clone)]
+pub struct UnavailableVault {
+    pub error: Error,
+}
+
+impl Vault for UnavailableVault {
+    fn load(&self, _: &str) -> Result<Option<String>> {
+        Err(self.error.clone())
+    }
+    fn store(&self, _: &str, _: &str) -> Result<()> {
+        Err(self.error.clone())
+    }
+    fn delete(&self, _: &str) -> Result<()> {
+        Err(self.error.clone())
+    }
+}
+
+/// The OS keychain if one is reachable, else an [`UnavailableVault`]
+/// carrying the reason.
+pub fn system_vault(service: &str) -> std::sync::Arc<dyn Vault> {
+    match KeyringVault::new(service) {
+        Ok(v) => std::sync::Arc::new(v),
+        Err(error) => std::sync::Arc::new(UnavailableVault { error }),
+    }
+}
+
 /// An in-memory vault for tests; clones share contents. It can be made
 /// unavailable to simulate a keychain that goes away.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,324 @@
+import { api, onStatus, onClose, sentence } from "./ipc.js";
+
+const $ = (id) => document.getElementById(id);
+const SAVE_DELAY_MS = 400;
+
+let status = null;
+let notes = [];
+/** The note in the editor: {id|null, title, body, conflictOf, dirty}. */
+let draft = null;
+let saveTimer = null;
+let saveChain = Promise.resolve();
+let listKey = "";
+
+// ---- screens -------------------------------------------------------------
+
+function showScreen(name) {
+  $("signin").hidden = name !== "signin";
+  $("app").hidden = name !== "app";
+}
+
+function render(st) {
+  const prev = status;
+  status = st;
+  const signedIn = ["online", "offline", "locked"].includes(st.state);
+  if (!signedIn) {
+    renderSignin(st, prev);
+    return;
+  }
+  showScreen("app");
+  renderStatusBar(st);
+  const locked = st.state === "locked";
+  $("locked-banner").hidden = !locked;
+  $("locked-banner").textContent = locked
+    ? `Locked: ${st.locked_reason || "connect to the server to continue"}. Your notes are safe and will be back once Latchkey reaches the server.`
+    : "";
+  $("workspace").hidden = locked;
+  const err = st.last_error;
+  const showErr = err && !locked && !["network", "working_offline"].includes(err.code);
+  $("error-banner").hidden = !showErr;
+  $("error-banner").textContent = showErr ? sentence(err) : "";
+  const key = `${st.state}|${st.pending}|${st.last_sync_at}|${st.user && st.user.id}`;
+  if (!locked && key !== listKey) {
+    listKey = key;
+    refreshList();
+  }
+  if (prev && !["online", "offline", "locked"].includes(prev.state)) {
+    refreshList();
+  }
+}
+
+function renderSignin(st, prev) {
+  const wasSignedIn = prev && ["online", "offline", "locked"].includes(prev.state);
+  if (wasSignedIn || $("signin").hidden) {
+    closeEditor();
+    notes = [];
+    listKey = "";
+    $("note-list").replaceChildren();
+  }
+  showScreen("signin");
+  const ctx = $("login-context");
+  if (st.state === "expired") {
+    ctx.textContent = "Your session has expired. Sign in again: your notes and unsynced changes are kept and will sync.";
+    ctx.className = "notice";
+  } else if (st.state === "revoked") {
+    ctx.textContent = "You were signed out by the server. Sign in again: your notes and unsynced changes are kept and will sync.";
+    ctx.className = "notice";
+  } else {
+    ctx.textContent = "Sign in once while online; your notes then work offline too.";
+    ctx.className = "muted";
+  }
+  if (st.user && !$("login-username").value) $("login-username").value = st.user.username;
+  if (st.server && !$("login-server").value) $("login-server").value = st.server;
+  if (st.last_error && st.state === "signed_out" && !$("login-error").textContent) {
+    showLoginError(sentence(st.last_error));
+  }
+}
+
+function renderStatusBar(st) {
+  const conn = st.work_offline ? "working offline" : st.online ? "online" : "offline";
+  $("status-connectivity").textContent = conn;
+  $("connectivity-pill").dataset.state = conn.replace(" ", "-");
+  $("status-pending").textContent = String(st.pending);
+  $("status-last-sync").textContent = st.last_sync_at ? formatTime(st.last_sync_at) : "never";
+  $("status-last-sync").title = st.last_sync_result ? `Last sync: ${st.last_sync_result}` : "";
+  $("status-user").textContent = st.user ? st.user.username : "";
+  $("status-until").textContent = st.offline_until ? `· works offline until ${formatDate(st.offline_until)}` : "";
+  $("work-offline").checked = st.work_offline;
+}
+
+function formatTime(secs) {
+  const d = new Date(secs * 1000);
+  const today = new Date();
+  const sameDay = d.toDateString() === today.toDateString();
+  return sameDay ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }) : d.toLocaleString();
+}
+
+function formatDate(secs) {
+  return new Date(secs * 1000).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+// ---- sign-in -------------------------------------------------------------
+
+function showLoginError(text) {
+  $("login-error").textContent = text;
+  $("login-error").hidden = !text;
+}
+
+async function onSignin(ev) {
+  ev.preventDefault();
+  const server = $("login-server").value.trim();
+  const username = $("login-username").value.trim();
+  const password = $("login-password").value;
+  if (!server || !username || !password) {
+    showLoginError("Enter the server address, your username and your password.");
+    return;
+  }
+  showLoginError("");
+  const button = $("login-submit");
+  button.disabled = true;
+  button.textContent = "Signing in…";
+  try {
+    const st = await api.signIn(server, username, password);
+    $("login-password").value = "";
+    render(st);
+  } catch (err) {
+    showLoginError(sentence(err));
+  } finally {
+    button.disabled = false;
+    button.textContent = "Sign in";
+  }
+}
+
+// ---- notes ---------------------------------------------------------------
+
+async function refreshList() {
+  try {
+    notes = await api.listNotes();
+  } catch (err) {
+    if (err && err.code !== "locked") console.warn("list failed", err);
+    return;
+  }
+  const list = $("note-list");
+  list.replaceChildren(
+    ...notes.map((n) => {
+      const li = document.createElement("li");
+      li.dataset.testid = "note-item";
+      li.setAttribute("data-testid", "note-item");
+      li.dataset.id = n.id;
+      li.tabIndex = 0;
+      if (draft && draft.id === n.id) li.classList.add("active");
+      const title = document.createElement("div");
+      title.className = "title";
+      title.textContent = n.title || "Untitled";
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      meta.textContent = n.preview || "";
+      li.append(title, meta);
+      if (n.conflict_of) {
+        const tag = document.createElement("span");
+        tag.className = "conflict-tag";
+        tag.textContent = "conflict copy";
+        title.append(" ", tag);
+      }
+      if (n.pending) {
+        const dot = document.createElement("span");
+        dot.className = "pending-dot";
+        dot.title = "Not synced yet";
+        li.append(dot);
+      }
+      li.addEventListener("click", () => openNote(n.id));
+      li.addEventListener("keydown", (e) => { if (e.key === "Enter") openNote(n.id); });
+      return li;
+    }),
+  );
+  $("empty-list").hidden = notes.length > 0;
+}
+
+function closeEditor() {
+  draft = null;
+  $("editor-body").hidden = true;
+  $("editor-empty").hidden = false;
+}
+
+function showDraft() {
+  $("editor-empty").hidden = true;
+  $("editor-body").hidden = false;
+  $("note-title").value = draft.title;
+  $("note-body").value = draft.body;
+  $("conflict-note").hidden = !draft.conflictOf;
+  $("save-state").textContent = "";
+  for (const li of $("note-list").children) li.classList.toggle("active", li.dataset.id === draft.id);
+}
+
+async function openNote(id) {
+  await flush();
+  try {
+    const n = await api.getNote(id);
+    draft = { id: n.id, title: n.title, body: n.body, conflictOf: n.conflict_of, dirty: false };
+    showDraft();
+  } catch (err) {
+    showBanner(sentence(err));
+  }
+}
+
+async function newNote() {
+  await flush();
+  draft = { id: null, title: "", body: "", conflictOf: null, dirty: false };
+  showDraft();
+  $("note-title").focus();
+}
+
+function onEdit() {
+  if (!draft) return;
+  draft.title = $("note-title").value;
+  draft.body = $("note-body").value;
+  draft.dirty = true;
+  $("save-state").textContent = "Editing…";
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => { flush(); }, SAVE_DELAY_MS);
+}
+
+/** Saves the draft now if it changed. Saves run one after another, so a new
+ *  note is created once and later saves use its id. */
+function flush() {
+  clearTimeout(saveTimer);
+  saveTimer = null;
+  const d = draft;
+  if (!d || !d.dirty) return saveChain;
+  d.dirty = false;
+  const snapshot = { title: d.title, body: d.body };
+  saveChain = saveChain.then(async () => {
+    try {
+      const saved = await api.saveNote(d.id, snapshot.title, snapshot.body);
+      d.id = saved.id;
+      if (draft === d && !d.dirty) $("save-state").textContent = "Saved";
+      await refreshList();
+    } catch (err) {
+      d.dirty = true;
+      if (draft === d) $("save-state").textContent = "Not saved";
+      showBanner(sentence(err));
+    }
+  });
+  return saveChain;
+}
+
+async function deleteCurrent() {
+  if (!draft) return;
+  const d = draft;
+  clearTimeout(saveTimer);
+  await saveChain;
+  closeEditor();
+  if (d.id) {
+    try {
+      await api.deleteNote(d.id);
+    } catch (err) {
+      showBanner(sentence(err));
+    }
+  }
+  refreshList();
+}
+
+function showBanner(text) {
+  $("error-banner").textContent = text;
+  $("error-banner").hidden = !text;
+}
+
+// ---- status bar actions --------------------------------------------------
+
+async function syncNow() {
+  const b = $("sync-now");
+  b.disabled = true;
+  try {
+    render(await api.syncNow());
+  } catch (err) {
+    showBanner(sentence(err));
+  } finally {
+    b.disabled = false;
+  }
+}
+
+async function toggleOffline(ev) {
+  try {
+    render(await api.setWorkOffline(ev.target.checked));
+  } catch (err) {
+    showBanner(sentence(err));
+  }
+}
+
+async function signOut() {
+  await flush();
+  try {
+    render(await api.signOut(false));
+  } catch (err) {
+    showBanner(sentence(err));
+  }
+}
+
+// ---- start ---------------------------------------------------------------
+
+async function start() {
+  $("login-form").addEventListener("submit", onSignin);
+  $("note-new").addEventListener("click", newNote);
+  $("note-title").addEventListener("input", onEdit);
+  $("note-body").addEventListener("input", onEdit);
+  $("note-title").addEventListener("blur", () => flush());
+  $("note-body").addEventListener("blur", () => flush());
+  $("note-delete").addEventListener("click", deleteCurrent);
+  $("sync-now").addEventListener("click", syncNow);
+  $("work-offline").addEventListener("change", toggleOffline);
+  $("signout").addEventListener("click", signOut);
+  document.addEventListener("visibilitychange", () => { if (document.hidden) flush(); });
+  window.addEventListener("pagehide", () => { flush(); });
+  onClose(() => flush());
+
+  try {
+    const settings = await api.settings();
+    $("login-server").value = settings.server_url || "";
+    if (settings.last_user) $("login-username").value = settings.last_user;
+  } catch (_) { /* defaults stay */ }
+  await onStatus(render);
+  render(await api.status());
+}
+
+start();
