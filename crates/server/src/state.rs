@@ -3,7 +3,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::auth::Hasher;
+use crate::auth::{Hasher, VerifiedTokens};
 use crate::keys::Keys;
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -25,6 +25,7 @@ pub struct Inner {
     pub sessions: Sessions,
     pub throttle: Throttle,
     pub hasher: Hasher,
+    pub verified: VerifiedTokens,
 }
 
 #[derive(Clone)]
@@ -43,6 +44,7 @@ impl AppState {
             sessions,
             throttle: Throttle::default(),
             hasher,
+            verified: VerifiedTokens::default(),
         })))
     }
 
@@ -56,6 +58,7 @@ impl AppState {
             self.keys
                 .reload(store, now, self.settings.access_ttl)
                 .await?;
+            self.verified.clear();
             tracing::info!(kid = %self.keys.current().kid, "signing keys reloaded");
         }
         Ok(())
@@ -65,6 +68,8 @@ impl AppState {
     pub async fn prune(&self) -> anyhow::Result<()> {
         let now = crate::now();
         self.sessions.prune(now, self.settings.access_ttl);
+        // Expired tokens leave the cache too (they would fail the time check anyway).
+        self.verified.clear();
         self.keys
             .reload(self.store.as_ref(), now, self.settings.access_ttl)
             .await
