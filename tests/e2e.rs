@@ -406,6 +406,33 @@ fn inner_real_window() {
         .await;
         shot(&c, "04-online-two-notes").await;
 
+        // One instance at a time: a second launch hands over to the first and exits.
+        let mut second = Command::new(env!("CARGO_BIN_EXE_latchkey-app"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let exited = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = second.kill();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            exited.is_some(),
+            "a second instance kept running next to the first"
+        );
+        assert_eq!(
+            text(&c, "status-connectivity").await,
+            "online",
+            "the first instance still works"
+        );
+
         // 2. the server stops: offline within 5 s; one edit, one new note
         server.stop();
         let took = wait_text(&c, "status-connectivity", "offline", 10).await;
