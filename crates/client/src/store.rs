@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE notes (
     note_id     TEXT PRIMARY KEY,
     title       TEXT NOT NULL,
@@ -40,7 +41,12 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_note ON outbox(note_id);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-"#];
+"#,
+    // The ops in flight (few) without scanning the outbox (all of it).
+    r#"
+CREATE INDEX outbox_sent ON outbox(note_id) WHERE sent = 1;
+"#,
+];
 
 /// A note as the UI sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +100,9 @@ impl LocalStore {
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement of this file: the per-row ones of a
+        // sync are prepared once, not once per row.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -103,10 +112,14 @@ impl LocalStore {
                 "the local database is from a newer Latchkey".into(),
             ));
         }
-        for sql in &MIGRATIONS[version as usize..] {
-            tx.execute_batch(sql)?;
+        // An up-to-date database is not written to: opening it costs no
+        // commit (and no fsync).
+        if version < MIGRATIONS.len() as i64 {
+            for sql in &MIGRATIONS[version as usize..] {
+                tx.execute_batch(sql)?;
+            }
+            tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
         }
-        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
         tx.commit()?;
         Ok(Self { conn })
     }
@@ -124,22 +137,28 @@ impl LocalStore {
 
     pub fn get_note(&self, id: Uuid) -> Result<Note> {
         self.conn
-            .query_row(
-                &format!("{NOTE_SELECT} WHERE n.note_id = ?1 AND n.deleted = 0"),
-                [id.to_string()],
-                note_row,
-            )
+            .prepare_cached(&format!(
+                "{NOTE_SELECT} WHERE n.note_id = ?1 AND n.deleted = 0"
+            ))?
+            .query_row([id.to_string()], note_row)
             .optional()?
             .ok_or(Error::NoteNotFound)
     }
 
     /// Notes with an unsent or unacknowledged op.
+    ///
+    /// Runs after every save, so it must not scan the outbox: a note has at
+    /// most one unsent and one sent op, so the notes are the ops less the
+    /// sent ops whose note also has an unsent one (the same number as
+    /// `count(DISTINCT note_id)`, which walks every op).
     pub fn pending_count(&self) -> Result<u64> {
         Ok(self
             .conn
-            .query_row("SELECT count(DISTINCT note_id) FROM outbox", [], |r| {
-                r.get::<_, i64>(0)
-            })? as u64)
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM outbox) - (SELECT count(*) FROM outbox AS s INDEXED BY outbox_sent \
+                 WHERE s.sent = 1 AND EXISTS (SELECT 1 FROM outbox AS u WHERE u.note_id = s.note_id AND u.sent = 0))",
+            )?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Saves a note's text and queues it, durably, in one transaction.
@@ -160,16 +179,15 @@ impl LocalStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let key = id.to_string();
         let rev: Option<i64> = tx
-            .query_row("SELECT rev FROM notes WHERE note_id = ?1", [&key], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT rev FROM notes WHERE note_id = ?1")?
+            .query_row([&key], |r| r.get(0))
             .optional()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4) \
              ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, deleted = 0, \
              updated_at = excluded.updated_at",
-            params![key, title, body, now],
-        )?;
+        )?
+        .execute(params![key, title, body, now])?;
         queue(&tx, &key, "upsert", title, body, rev.unwrap_or(0), now)?;
         tx.commit()?;
         self.get_note(id)
@@ -216,13 +234,22 @@ impl LocalStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut ops = Vec::new();
-        {
-            let mut stmt = tx.prepare_cached(
-                "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent FROM outbox \
-                 WHERE sent = 1 OR (base_rev IS NOT NULL AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1)) \
-                 ORDER BY sent DESC, seq LIMIT ?1",
-            )?;
-            let mut rows = stmt.query([max as i64])?;
+        // The same order as `ORDER BY sent DESC, seq`, as two scans in seq
+        // order that stop at `max` rows instead of one sort of the whole
+        // outbox (bodies included) per batch.
+        for sql in [
+            "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent FROM outbox \
+             INDEXED BY outbox_sent WHERE sent = 1 ORDER BY seq LIMIT ?1",
+            "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent FROM outbox \
+             WHERE sent = 0 AND base_rev IS NOT NULL AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1) \
+             ORDER BY seq LIMIT ?1",
+        ] {
+            let left = max.saturating_sub(ops.len());
+            if left == 0 {
+                break;
+            }
+            let mut stmt = tx.prepare_cached(sql)?;
+            let mut rows = stmt.query([left as i64])?;
             while let Some(r) = rows.next()? {
                 let (seq, sent): (i64, bool) = (r.get(0)?, r.get(8)?);
                 let op_id = uuid(&r.get::<_, String>(1)?)?;
@@ -246,9 +273,12 @@ impl LocalStore {
                 ops.push((seq, sent, op));
             }
         }
-        for (seq, sent, _) in &ops {
-            if !sent {
-                tx.execute("UPDATE outbox SET sent = 1 WHERE seq = ?1", [seq])?;
+        {
+            let mut mark = tx.prepare_cached("UPDATE outbox SET sent = 1 WHERE seq = ?1")?;
+            for (seq, sent, _) in &ops {
+                if !sent {
+                    mark.execute([seq])?;
+                }
             }
         }
         tx.commit()?;
@@ -264,22 +294,19 @@ impl LocalStore {
         for r in results {
             let op_key = r.op_id.to_string();
             let op: Option<(String, Option<i64>)> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT note_id, base_rev FROM outbox WHERE op_id = ?1 AND sent = 1",
-                    [&op_key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+                )?
+                .query_row([&op_key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let Some((note_key, sent_base)) = op else {
                 continue;
             };
-            tx.execute("DELETE FROM outbox WHERE op_id = ?1", [&op_key])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE op_id = ?1")?
+                .execute([&op_key])?;
             let follow_up: Option<i64> = tx
-                .query_row(
-                    "SELECT seq FROM outbox WHERE note_id = ?1",
-                    [&note_key],
-                    |row| row.get(0),
-                )
+                .prepare_cached("SELECT seq FROM outbox WHERE note_id = ?1")?
+                .query_row([&note_key], |row| row.get(0))
                 .optional()?;
             let status = match r.status {
                 OpStatus::Duplicate => r.original_status.unwrap_or(OpStatus::Applied),
@@ -291,24 +318,22 @@ impl LocalStore {
                         // The follow-up edits the text that just conflicted:
                         // keep its stale base so it conflicts too and lands
                         // in a conflict copy; nothing is lost.
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE outbox SET base_rev = ?2 WHERE seq = ?1 AND base_rev IS NULL",
-                            params![seq, sent_base.unwrap_or(0)],
-                        )?;
+                        )?
+                        .execute(params![seq, sent_base.unwrap_or(0)])?;
                     } else if let Some(server) = &r.server_note {
                         write_change(&tx, server)?;
                     }
                 }
                 _ => {
-                    tx.execute(
-                        "UPDATE notes SET rev = ?2 WHERE note_id = ?1",
-                        params![note_key, r.rev],
-                    )?;
+                    tx.prepare_cached("UPDATE notes SET rev = ?2 WHERE note_id = ?1")?
+                        .execute(params![note_key, r.rev])?;
                     if let Some(seq) = follow_up {
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE outbox SET base_rev = ?2 WHERE seq = ?1 AND base_rev IS NULL",
-                            params![seq, r.rev],
-                        )?;
+                        )?
+                        .execute(params![seq, r.rev])?;
                     }
                 }
             }
@@ -324,11 +349,9 @@ impl LocalStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for change in &page.changes {
-            let pending: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)",
-                [change.note_id.to_string()],
-                |r| r.get(0),
-            )?;
+            let pending: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)")?
+                .query_row([change.note_id.to_string()], |r| r.get(0))?;
             if !pending {
                 write_change(&tx, change)?;
             }
@@ -387,31 +410,30 @@ fn queue(
     rev: i64,
     now: i64,
 ) -> Result<()> {
-    let replaced = tx.execute(
-        "UPDATE outbox SET action = ?2, title = ?3, body = ?4, client_time = ?5 WHERE note_id = ?1 AND sent = 0",
-        params![note_key, action, title, body, now],
-    )?;
+    let replaced = tx
+        .prepare_cached(
+            "UPDATE outbox SET action = ?2, title = ?3, body = ?4, client_time = ?5 WHERE note_id = ?1 AND sent = 0",
+        )?
+        .execute(params![note_key, action, title, body, now])?;
     if replaced == 0 {
-        let in_flight: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1 AND sent = 1)",
-            [note_key],
-            |r| r.get(0),
-        )?;
-        tx.execute(
+        let in_flight: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1 AND sent = 1)")?
+            .query_row([note_key], |r| r.get(0))?;
+        tx.prepare_cached(
             "INSERT INTO outbox (op_id, note_id, base_rev, action, title, body, client_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![Uuid::new_v4().to_string(), note_key, (!in_flight).then_some(rev), action, title, body, now],
-        )?;
+        )?
+        .execute(params![Uuid::new_v4().to_string(), note_key, (!in_flight).then_some(rev), action, title, body, now])?;
     }
     Ok(())
 }
 
 fn write_change(tx: &rusqlite::Transaction<'_>, c: &Change) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, rev = excluded.rev, \
          deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of",
-        params![c.note_id.to_string(), c.title, c.body, c.rev, c.deleted, c.updated_at, c.conflict_of.map(|u| u.to_string())],
-    )?;
+    )?
+    .execute(params![c.note_id.to_string(), c.title, c.body, c.rev, c.deleted, c.updated_at, c.conflict_of.map(|u| u.to_string())])?;
     Ok(())
 }
 
@@ -483,6 +505,76 @@ mod tests {
         s.apply_push(&[applied(&next[0], 8)]).unwrap();
         assert_eq!(s.pending_count().unwrap(), 0);
         assert_eq!(s.get_note(id).unwrap().rev, 8);
+    }
+
+    #[test]
+    fn batches_resend_sent_ops_first_then_the_oldest_unsent() {
+        let (_d, mut s) = store();
+        let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+        for (i, id) in ids[..5].iter().enumerate() {
+            s.save_note(*id, "t", "b", i as i64).unwrap();
+        }
+        let notes = |ops: &[Op]| ops.iter().map(Op::note_id).collect::<Vec<_>>();
+        let first = s.next_batch(2).unwrap();
+        assert_eq!(notes(&first), ids[..2]);
+        s.save_note(ids[5], "t", "b", 9).unwrap();
+        // the two unanswered ones again, then the oldest unsent
+        let second = s.next_batch(3).unwrap();
+        assert_eq!(notes(&second), ids[..3]);
+        assert_eq!(second[..2], first[..]);
+        assert_eq!(notes(&s.next_batch(1).unwrap()), ids[..1]);
+        assert_eq!(notes(&s.next_batch(100).unwrap()), ids);
+    }
+
+    #[test]
+    fn pending_counts_notes_not_ops() {
+        let (_d, mut s) = store();
+        let distinct = |s: &LocalStore| -> u64 {
+            s.conn
+                .query_row("SELECT count(DISTINCT note_id) FROM outbox", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap() as u64
+        };
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        s.save_note(a, "t", "1", 1).unwrap();
+        s.save_note(b, "t", "1", 1).unwrap();
+        let sent = s.next_batch(1).unwrap();
+        // a: sent + unsent; b: unsent; c: unsent
+        s.save_note(a, "t", "2", 2).unwrap();
+        s.save_note(c, "t", "1", 2).unwrap();
+        assert_eq!((s.pending_count().unwrap(), distinct(&s)), (3, 3));
+        s.apply_push(&[applied(&sent[0], 1)]).unwrap();
+        assert_eq!((s.pending_count().unwrap(), distinct(&s)), (3, 3));
+        let all = s.next_batch(10).unwrap();
+        assert_eq!((s.pending_count().unwrap(), distinct(&s)), (3, 3));
+        let results: Vec<_> = all.iter().map(|op| applied(op, 5)).collect();
+        s.apply_push(&results).unwrap();
+        assert_eq!((s.pending_count().unwrap(), distinct(&s)), (0, 0));
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let mut s = LocalStore::open(&path).unwrap();
+        let version: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let id = Uuid::new_v4();
+        s.save_note(id, "t", "b", 1).unwrap();
+        assert_eq!(s.next_batch(10).unwrap().len(), 1);
+        drop(s);
+        // and opens again as it is
+        let mut s = LocalStore::open(&path).unwrap();
+        assert_eq!(s.next_batch(10).unwrap()[0].note_id(), id);
     }
 
     #[test]
