@@ -867,6 +867,11 @@ impl Inner {
         } else {
             SessionState::Revoked
         };
+        // The dead tokens leave the keychain before anyone is told the
+        // session ended.
+        if let Err(e) = self.close_entry(acc.entry.account(), None).await {
+            tracing::warn!(error = %e, "could not delete the ended session from the keychain");
+        }
         {
             let mut f = lock(&self.flags);
             f.online = false;
@@ -874,9 +879,6 @@ impl Inner {
             f.last_error = Some(e.into());
         }
         self.publish();
-        if let Err(e) = self.close_entry(acc.entry.account(), None).await {
-            tracing::warn!(error = %e, "could not delete the ended session from the keychain");
-        }
     }
 
     /// The access token to send and its generation, refreshing first when
