@@ -260,12 +260,11 @@ fn revoke(tx: &Transaction<'_>, session_id: &str, reason: Reason, now: i64) -> R
 }
 
 fn load_note(tx: &Transaction<'_>, user_id: &str, note_id: &str) -> Result<Option<Change>> {
-    tx.query_row(
+    tx.prepare_cached(
         "SELECT note_id, rev, title, body, deleted, updated_at, conflict_of \
          FROM notes WHERE user_id = ?1 AND note_id = ?2",
-        params![user_id, note_id],
-        change_row,
-    )
+    )?
+    .query_row(params![user_id, note_id], change_row)
     .optional()?
     .transpose()
 }
@@ -290,22 +289,22 @@ fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Change>> {
 }
 
 fn write_note(tx: &Transaction<'_>, user_id: &str, note: &Change) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO notes (user_id, note_id, rev, title, body, deleted, updated_at, conflict_of) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT (user_id, note_id) DO UPDATE SET rev = excluded.rev, title = excluded.title, \
          body = excluded.body, deleted = excluded.deleted, updated_at = excluded.updated_at",
-        params![
-            user_id,
-            note.note_id.to_string(),
-            note.rev,
-            note.title,
-            note.body,
-            note.deleted,
-            note.updated_at,
-            note.conflict_of.map(|u| u.to_string()),
-        ],
-    )?;
+    )?
+    .execute(params![
+        user_id,
+        note.note_id.to_string(),
+        note.rev,
+        note.title,
+        note.body,
+        note.deleted,
+        note.updated_at,
+        note.conflict_of.map(|u| u.to_string()),
+    ])?;
     Ok(())
 }
 
