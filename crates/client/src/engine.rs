@@ -101,6 +101,18 @@ struct Account {
 }
 
 impl Account {
+    fn new(entry: VaultEntry, keys: KeySet, claims: Claims, store: LocalStore) -> Self {
+        Self {
+            persisted_seen: entry.latest_seen_time,
+            seen_mono: (std::time::Instant::now(), entry.latest_seen_time),
+            entry,
+            keys,
+            claims,
+            generation: 0,
+            store: Arc::new(Mutex::new(store)),
+        }
+    }
+
     /// A lower bound on the true time, from the monotonic clock.
     fn floor(&self) -> i64 {
         self.seen_mono.1 + self.seen_mono.0.elapsed().as_secs() as i64
@@ -576,15 +588,7 @@ impl Inner {
         }
         let path = user_dir(&self.config.data_dir, &entry.server, &entry.user.id).join("notes.db");
         let store = blocking(move || LocalStore::open(&path)).await?;
-        Ok(Account {
-            persisted_seen: entry.latest_seen_time,
-            seen_mono: (std::time::Instant::now(), entry.latest_seen_time),
-            entry,
-            keys,
-            claims,
-            generation: 0,
-            store: Arc::new(Mutex::new(store)),
-        })
+        Ok(Account::new(entry, keys, claims, store))
     }
 
     /// Writes the active account's entry (nothing if it is no longer active).
@@ -728,15 +732,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        *lock(&self.account) = Some(Account {
-            persisted_seen: entry.latest_seen_time,
-            seen_mono: (std::time::Instant::now(), entry.latest_seen_time),
-            entry,
-            keys,
-            claims,
-            generation: 0,
-            store: Arc::new(Mutex::new(store)),
-        });
+        *lock(&self.account) = Some(Account::new(entry, keys, claims, store));
         {
             let mut f = lock(&self.flags);
             f.online = true;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The long reliability suite (issue 5): the same tests as the short versions
+# that run inside scripts/test.sh, scaled up by LATCHKEY_LONG=1, plus the
+# fuzzers. Figures go to RELIABILITY.md. Usage:
+#   bash scripts/reliability.sh            # everything (several hours)
+#   bash scripts/reliability.sh PART...    # some of: faults crashes convergence load fuzz
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export LATCHKEY_LONG=1
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(faults crashes convergence load fuzz)
+for part in "${parts[@]}"; do
+    echo "== $part"
+    case "$part" in
+        # Each part adds its own line here.
+        *) echo "unknown part: $part (faults crashes convergence load fuzz)" >&2; exit 2 ;;
+    esac
+done
