@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use latchkey_protocol::{Claims, Jwks, KeySet, PushRequest, TokenResponse, UserInfo};
+use latchkey_protocol::{
+    Claims, Jwks, KeySet, Op, PushRequest, PushResponse, TokenResponse, UserInfo,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -130,8 +132,10 @@ struct Flags {
 }
 
 enum Wake {
-    /// Something changed (sign-in, offline switch, a failed request).
+    /// Something changed (sign-in, Work offline on, a failed request).
     Changed,
+    /// Work offline turned off: try the network at once.
+    Resume,
     /// A note was saved: sync soon, debounced.
     Edited,
 }
@@ -268,7 +272,10 @@ impl Engine {
             }
         }
         self.inner.publish();
-        let _ = self.inner.wake.send(Wake::Changed);
+        let _ = self
+            .inner
+            .wake
+            .send(if on { Wake::Changed } else { Wake::Resume });
     }
 
     /// Syncs now: confirm the session, push, pull.
@@ -1090,38 +1097,72 @@ impl Inner {
         let store = self.store()?;
         let t = self.timeouts();
         let http = self.http.clone();
-        loop {
-            let s = store.clone();
-            let ops = blocking(move || lock(&s).next_batch(PUSH_BATCH)).await?;
-            if ops.is_empty() {
-                break;
-            }
+        // Pipelined: while one batch is on the wire, the previous answer is
+        // applied and the next batch prepared (unsent ops only: the batch in
+        // flight is already marked sent). Ops marked sent whose answer never
+        // comes are sent again, first, by the next sync.
+        let (http, server) = (&http, &server);
+        let push = |ops: Vec<Op>| {
             let body = Arc::new(PushRequest { ops });
-            let answer = self
-                .authed(|token| {
-                    let (http, server, body) = (http.clone(), server.clone(), body.clone());
-                    async move { api::push(http.as_ref(), &server, &token, &body, t).await }
+            self.authed(move |token| {
+                let (http, server, body) = (http.clone(), server.clone(), body.clone());
+                async move { api::push(http.as_ref(), &server, &token, &body, t).await }
+            })
+        };
+        let s = store.clone();
+        let mut ops = blocking(move || lock(&s).next_batch(PUSH_BATCH)).await?;
+        let mut answered: Option<PushResponse> = None;
+        while !ops.is_empty() {
+            let s = store.clone();
+            let prepare = async {
+                if let Some(answer) = answered.take() {
+                    let s = s.clone();
+                    blocking(move || lock(&s).apply_push(&answer.results)).await?;
+                    self.publish();
+                }
+                blocking(move || lock(&s).next_unsent_batch(PUSH_BATCH)).await
+            };
+            let (answer, next) = tokio::join!(push(ops), prepare);
+            answered = Some(answer?);
+            ops = next?;
+            // The last answer can give edits queued behind its ops their
+            // base: apply it and look again, so that a sync leaves nothing
+            // it could have sent.
+            if ops.is_empty()
+                && let Some(answer) = answered.take()
+            {
+                let s = store.clone();
+                ops = blocking(move || {
+                    let mut store = lock(&s);
+                    store.apply_push(&answer.results)?;
+                    store.next_unsent_batch(PUSH_BATCH)
                 })
                 .await?;
-            let s = store.clone();
-            blocking(move || lock(&s).apply_push(&answer.results)).await?;
-            self.publish();
+                self.publish();
+            }
         }
+        // Pulled the same way: a page is applied while the next is fetched.
+        let pull = |since: i64| {
+            self.authed(move |token| {
+                let (http, server) = (http.clone(), server.clone());
+                async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
+            })
+        };
+        let s = store.clone();
+        let mut since = blocking(move || lock(&s).cursor()).await?;
+        let mut page = pull(since).await?;
         loop {
-            let s = store.clone();
-            let since = blocking(move || lock(&s).cursor()).await?;
-            let page = self
-                .authed(|token| {
-                    let (http, server) = (http.clone(), server.clone());
-                    async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
-                })
-                .await?;
             let more = page.more && page.cursor > since;
+            since = page.cursor;
             let s = store.clone();
-            blocking(move || lock(&s).apply_pull(&page)).await?;
+            let apply = blocking(move || lock(&s).apply_pull(&page));
             if !more {
+                apply.await?;
                 break;
             }
+            let (applied, next) = tokio::join!(apply, pull(since));
+            applied?;
+            page = next?;
         }
         Ok(())
     }
@@ -1148,6 +1189,8 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
     let mut attempt = 0u32;
     let mut last_sync: Option<Instant> = None;
     let mut edit_due: Option<Instant> = None;
+    // Work offline just turned off: act at once, not after the next wait.
+    let mut now = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let (online, work_offline) = {
@@ -1158,6 +1201,8 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
         let c = &inner.config;
         let mut wait = if !has_work || work_offline {
             None
+        } else if std::mem::take(&mut now) {
+            Some(Duration::ZERO)
         } else if online {
             let to_sync = last_sync.map_or(Duration::ZERO, |t| {
                 c.sync_interval.saturating_sub(t.elapsed())
@@ -1187,6 +1232,11 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
             }
             Some(Some(Wake::Changed)) => {
                 attempt = 0;
+                continue;
+            }
+            Some(Some(Wake::Resume)) => {
+                attempt = 0;
+                now = true;
                 continue;
             }
             None => {}

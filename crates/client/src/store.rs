@@ -230,6 +230,16 @@ impl LocalStore {
     /// first, then unsent ops whose base is known, oldest first, one per
     /// note; the unsent ones are marked sent in the same transaction.
     pub fn next_batch(&mut self, max: usize) -> Result<Vec<Op>> {
+        self.batch(max, true)
+    }
+
+    /// The next batch of unsent ops only, marked sent: for a push sent
+    /// while the previous batch is still in flight.
+    pub fn next_unsent_batch(&mut self, max: usize) -> Result<Vec<Op>> {
+        self.batch(max, false)
+    }
+
+    fn batch(&mut self, max: usize, resend: bool) -> Result<Vec<Op>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -237,13 +247,13 @@ impl LocalStore {
         // The same order as `ORDER BY sent DESC, seq`, as two scans in seq
         // order that stop at `max` rows instead of one sort of the whole
         // outbox (bodies included) per batch.
-        for sql in [
-            "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent FROM outbox \
-             INDEXED BY outbox_sent WHERE sent = 1 ORDER BY seq LIMIT ?1",
-            "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent FROM outbox \
-             WHERE sent = 0 AND base_rev IS NOT NULL AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1) \
-             ORDER BY seq LIMIT ?1",
-        ] {
+        const SENT: &str = "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent \
+             FROM outbox INDEXED BY outbox_sent WHERE sent = 1 ORDER BY seq LIMIT ?1";
+        const UNSENT: &str = "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent \
+             FROM outbox WHERE sent = 0 AND base_rev IS NOT NULL \
+             AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1) ORDER BY seq LIMIT ?1";
+        let scans: &[&str] = if resend { &[SENT, UNSENT] } else { &[UNSENT] };
+        for sql in scans {
             let left = max.saturating_sub(ops.len());
             if left == 0 {
                 break;
@@ -292,50 +302,44 @@ impl LocalStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for r in results {
-            let op_key = r.op_id.to_string();
             let op: Option<(String, Option<i64>)> = tx
                 .prepare_cached(
-                    "SELECT note_id, base_rev FROM outbox WHERE op_id = ?1 AND sent = 1",
+                    "DELETE FROM outbox WHERE op_id = ?1 AND sent = 1 RETURNING note_id, base_rev",
                 )?
-                .query_row([&op_key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row([r.op_id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let Some((note_key, sent_base)) = op else {
                 continue;
             };
-            tx.prepare_cached("DELETE FROM outbox WHERE op_id = ?1")?
-                .execute([&op_key])?;
-            let follow_up: Option<i64> = tx
-                .prepare_cached("SELECT seq FROM outbox WHERE note_id = ?1")?
-                .query_row([&note_key], |row| row.get(0))
-                .optional()?;
             let status = match r.status {
                 OpStatus::Duplicate => r.original_status.unwrap_or(OpStatus::Applied),
                 s => s,
             };
-            match status {
-                OpStatus::Conflict => {
-                    if let Some(seq) = follow_up {
-                        // The follow-up edits the text that just conflicted:
-                        // keep its stale base so it conflicts too and lands
-                        // in a conflict copy; nothing is lost.
-                        tx.prepare_cached(
-                            "UPDATE outbox SET base_rev = ?2 WHERE seq = ?1 AND base_rev IS NULL",
-                        )?
-                        .execute(params![seq, sent_base.unwrap_or(0)])?;
-                    } else if let Some(server) = &r.server_note {
-                        write_change(&tx, server)?;
-                    }
+            // An edit made while the op was in flight was queued with no
+            // base (the only op of the note left in the outbox now).
+            let set_follow_up_base = |base: i64| -> Result<()> {
+                tx.prepare_cached(
+                    "UPDATE outbox SET base_rev = ?2 WHERE note_id = ?1 AND base_rev IS NULL",
+                )?
+                .execute(params![note_key, base])?;
+                Ok(())
+            };
+            if status == OpStatus::Conflict {
+                // The follow-up edits the text that just conflicted: it
+                // keeps the stale base, so it conflicts too and lands in a
+                // conflict copy; nothing is lost. With no follow-up the
+                // note takes the server's version at once.
+                set_follow_up_base(sent_base.unwrap_or(0))?;
+                let follow_up: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)")?
+                    .query_row([&note_key], |row| row.get(0))?;
+                if let (false, Some(server)) = (follow_up, &r.server_note) {
+                    write_change(&tx, server)?;
                 }
-                _ => {
-                    tx.prepare_cached("UPDATE notes SET rev = ?2 WHERE note_id = ?1")?
-                        .execute(params![note_key, r.rev])?;
-                    if let Some(seq) = follow_up {
-                        tx.prepare_cached(
-                            "UPDATE outbox SET base_rev = ?2 WHERE seq = ?1 AND base_rev IS NULL",
-                        )?
-                        .execute(params![seq, r.rev])?;
-                    }
-                }
+            } else {
+                set_follow_up_base(r.rev)?;
+                tx.prepare_cached("UPDATE notes SET rev = ?2 WHERE note_id = ?1")?
+                    .execute(params![note_key, r.rev])?;
             }
         }
         tx.commit()?;
@@ -349,12 +353,16 @@ impl LocalStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         for change in &page.changes {
-            let pending: bool = tx
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)")?
-                .query_row([change.note_id.to_string()], |r| r.get(0))?;
-            if !pending {
-                write_change(&tx, change)?;
-            }
+            // Skipped: a note with pending ops (the push settles it) and a
+            // note already at this rev (this device's own pushed change).
+            tx.prepare_cached(
+                "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of) \
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1) \
+                 ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, rev = excluded.rev, \
+                 deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of \
+                 WHERE notes.rev <> excluded.rev",
+            )?
+            .execute(change_params(change))?;
         }
         tx.execute("INSERT INTO meta (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [page.cursor])?;
         tx.commit()?;
@@ -433,8 +441,21 @@ fn write_change(tx: &rusqlite::Transaction<'_>, c: &Change) -> Result<()> {
          ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, rev = excluded.rev, \
          deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of",
     )?
-    .execute(params![c.note_id.to_string(), c.title, c.body, c.rev, c.deleted, c.updated_at, c.conflict_of.map(|u| u.to_string())])?;
+    .execute(change_params(c))?;
     Ok(())
+}
+
+/// A change as the parameters of the notes statements (?1 to ?7).
+fn change_params(c: &Change) -> impl rusqlite::Params + '_ {
+    (
+        c.note_id.to_string(),
+        c.title.as_str(),
+        c.body.as_str(),
+        c.rev,
+        c.deleted,
+        c.updated_at,
+        c.conflict_of.map(|u| u.to_string()),
+    )
 }
 
 /// Creates a directory (and parents) readable by this user only.
@@ -524,6 +545,25 @@ mod tests {
         assert_eq!(second[..2], first[..]);
         assert_eq!(notes(&s.next_batch(1).unwrap()), ids[..1]);
         assert_eq!(notes(&s.next_batch(100).unwrap()), ids);
+    }
+
+    #[test]
+    fn a_pipelined_batch_leaves_the_batch_in_flight_alone() {
+        let (_d, mut s) = store();
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            s.save_note(*id, "t", "b", i as i64).unwrap();
+        }
+        let notes = |ops: &[Op]| ops.iter().map(Op::note_id).collect::<Vec<_>>();
+        let first = s.next_batch(2).unwrap();
+        // an edit of a note in flight waits for that note's answer
+        s.save_note(ids[0], "t", "again", 5).unwrap();
+        assert_eq!(notes(&s.next_unsent_batch(10).unwrap()), ids[2..]);
+        assert!(s.next_unsent_batch(10).unwrap().is_empty());
+        s.apply_push(&[applied(&first[0], 1)]).unwrap();
+        let follow_up = s.next_unsent_batch(10).unwrap();
+        assert_eq!(notes(&follow_up), ids[..1]);
+        assert_eq!(follow_up[0].base_rev(), 1);
     }
 
     #[test]
