@@ -117,7 +117,8 @@ impl Account {
 
     /// A lower bound on the true time, from the monotonic clock.
     fn floor(&self) -> i64 {
-        self.seen_mono.1 + self.seen_mono.0.elapsed().as_secs() as i64
+        let (since, seen) = self.seen_mono;
+        seen.saturating_add(since.elapsed().as_secs() as i64)
     }
 }
 
@@ -127,6 +128,9 @@ struct Flags {
     online: bool,
     work_offline: bool,
     last_error: Option<StatusError>,
+    /// The keychain refused a write of the active session (shown until a
+    /// write works again): the session goes on from memory.
+    keychain_error: Option<StatusError>,
     /// The server ended the session: (state, user, server).
     ended: Option<(SessionState, UserInfo, String)>,
 }
@@ -462,6 +466,9 @@ impl Inner {
                     }
                 }
                 Some(acc) => {
+                    if flags.keychain_error.is_some() {
+                        st.last_error = flags.keychain_error.clone();
+                    }
                     st.user = Some(acc.entry.user.clone());
                     st.server = Some(acc.entry.server.clone());
                     st.access_expires_at = Some(acc.claims.exp);
@@ -474,7 +481,10 @@ impl Inner {
                     );
                     if changed
                         && (acc.entry.clock_locked
-                            || acc.entry.latest_seen_time - acc.persisted_seen
+                            || acc
+                                .entry
+                                .latest_seen_time
+                                .saturating_sub(acc.persisted_seen)
                                 >= PERSIST_SEEN_EVERY_SECS)
                     {
                         acc.persisted_seen = acc.entry.latest_seen_time;
@@ -602,6 +612,28 @@ impl Inner {
     async fn write_entry(&self, entry: &VaultEntry) -> Result<()> {
         let (vault, gate, entry) = (self.vault.clone(), self.vault_gate.clone(), entry.clone());
         blocking(move || write_if_active(&*vault, &gate, &entry)).await
+    }
+
+    /// Writes the active session's entry mid-session. A failure does not end
+    /// the session, which goes on from memory, but is shown until a write
+    /// works again.
+    async fn persist_entry(&self, entry: &VaultEntry) {
+        let result = self.write_entry(entry).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "could not write the session to the keychain");
+        }
+        lock(&self.flags).keychain_error = result.err().map(|e| {
+            let detail = match e {
+                Error::KeychainUnavailable { detail } => detail,
+                other => other.to_string(),
+            };
+            StatusError {
+                code: "keychain_unavailable".into(),
+                message: format!(
+                    "the system keychain stopped taking the sign-in ({detail}); you stay signed in until Latchkey closes, then you will have to sign in again"
+                ),
+            }
+        });
     }
 
     /// Closes the gate (no more writes of the active entry), then deletes
@@ -742,9 +774,11 @@ impl Inner {
         *lock(&self.account) = Some(Account::new(entry, keys, claims, store));
         {
             let mut f = lock(&self.flags);
-            f.online = true;
+            // Work offline may have been switched on meanwhile.
+            f.online = !f.work_offline;
             f.ended = None;
             f.last_error = None;
+            f.keychain_error = None;
         }
         {
             let mut prefs = lock(&self.prefs);
@@ -981,12 +1015,9 @@ impl Inner {
             acc.persisted_seen = acc.entry.latest_seen_time;
             acc.entry.clone()
         };
-        if let Err(e) = self.write_entry(&entry).await {
-            // The session goes on from memory; the server's retry window
-            // covers the token still in the keychain for a minute.
-            tracing::warn!(error = %e, "could not write the refreshed session to the keychain");
-            lock(&self.flags).last_error = Some((&e).into());
-        }
+        // On failure the session goes on from memory; the server's retry
+        // window covers the token still in the keychain for a minute.
+        self.persist_entry(&entry).await;
         self.publish();
         Ok(())
     }
@@ -1048,10 +1079,13 @@ impl Inner {
             acc.persisted_seen = acc.entry.latest_seen_time;
             acc.entry.clone()
         };
-        if let Err(e) = self.write_entry(&entry).await {
-            tracing::warn!(error = %e, "could not write the session to the keychain");
+        self.persist_entry(&entry).await;
+        {
+            // An answer that arrives after Work offline was switched on
+            // does not make the engine online (nor skip the offline policy).
+            let mut f = lock(&self.flags);
+            f.online = !f.work_offline;
         }
-        lock(&self.flags).online = true;
         self.publish();
         Ok(info)
     }
@@ -1112,7 +1146,10 @@ impl Inner {
         let s = store.clone();
         let mut ops = blocking(move || lock(&s).next_batch(PUSH_BATCH)).await?;
         let mut answered: Option<PushResponse> = None;
+        // Every op this sync pushed, so none is sent twice by it.
+        let mut pushed = std::collections::HashSet::new();
         while !ops.is_empty() {
+            pushed.extend(ops.iter().map(Op::op_id));
             let s = store.clone();
             let prepare = async {
                 if let Some(answer) = answered.take() {
@@ -1127,7 +1164,10 @@ impl Inner {
             ops = next?;
             // The last answer can give edits queued behind its ops their
             // base: apply it and look again, so that a sync leaves nothing
-            // it could have sent.
+            // it could have sent. Nothing is in flight now, so ops still
+            // marked sent and not pushed by this sync are ones whose answer
+            // was lost before it (a lost answer leaves two pipelined
+            // batches marked sent, and the first look took one): resend them.
             if ops.is_empty()
                 && let Some(answer) = answered.take()
             {
@@ -1135,9 +1175,10 @@ impl Inner {
                 ops = blocking(move || {
                     let mut store = lock(&s);
                     store.apply_push(&answer.results)?;
-                    store.next_unsent_batch(PUSH_BATCH)
+                    store.next_batch(PUSH_BATCH)
                 })
                 .await?;
+                ops.retain(|op| !pushed.contains(&op.op_id()));
                 self.publish();
             }
         }
@@ -1199,8 +1240,11 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
         };
         let has_work = inner.has_session() || !lock(&inner.prefs).pending_revocations.is_empty();
         let c = &inner.config;
-        let mut wait = if !has_work || work_offline {
+        let mut wait = if !has_work {
             None
+        } else if work_offline {
+            // No traffic, but the offline policy is still re-evaluated.
+            inner.has_session().then_some(c.heartbeat)
         } else if std::mem::take(&mut now) {
             Some(Duration::ZERO)
         } else if online {
@@ -1242,6 +1286,7 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
             None => {}
         }
         if work_offline {
+            inner.publish();
             continue;
         }
         if !inner.has_session() {

@@ -100,10 +100,10 @@ impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ffi::ErrorCode;
         let detail = match e.sqlite_error_code() {
-            Some(ErrorCode::DiskFull) => "the disk is full".to_string(),
-            Some(ErrorCode::ReadOnly) => "the data folder is read-only".to_string(),
+            Some(ErrorCode::DiskFull) => "the disk is full; free some space and save again".into(),
+            Some(ErrorCode::ReadOnly) => "the data folder is read-only".into(),
             Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
-                "the data folder cannot be written".to_string()
+                "the data folder cannot be written (read-only, missing, or not yours)".into()
             }
             _ => e.to_string(),
         };

@@ -18,6 +18,11 @@ const INNER_ENV: &str = "LATCHKEY_KEYCHAIN_SESSION";
 /// Runs `inner` of this test binary in a fresh D-Bus session with
 /// gnome-keyring (unlocked unless `locked`), and returns its output.
 fn in_keyring_session(inner: &str, locked: bool) -> std::process::Output {
+    in_keyring_session_with(inner, locked, &[])
+}
+
+/// The same, with more arguments for `dbus-run-session`.
+fn in_keyring_session_with(inner: &str, locked: bool, bus_args: &[&str]) -> std::process::Output {
     let home = tempfile::tempdir().unwrap();
     let unlock = if locked {
         "eval \"$(gnome-keyring-daemon --start --components=secrets)\""
@@ -28,6 +33,7 @@ fn in_keyring_session(inner: &str, locked: bool) -> std::process::Output {
         "{unlock} >/dev/null; exec \"$0\" --exact {inner} --ignored --nocapture --test-threads 1"
     );
     let out = Command::new("dbus-run-session")
+        .args(bus_args)
         .args(["--", "sh", "-c", &script])
         .arg(std::env::current_exe().unwrap())
         .env(INNER_ENV, "1")
@@ -141,6 +147,126 @@ fn inner_session_in_secret_service() {
         wait_state(&e, SessionState::Online, 20).await;
         e.sign_out(false).await.unwrap();
         assert!(vault.load(&account).unwrap().is_none());
+    });
+}
+
+#[test]
+fn the_keychain_stopping_mid_session_is_reported_and_the_session_goes_on() {
+    // A bus that starts no services on demand: a stopped keyring daemon
+    // stays stopped (the desktop's bus would start a new, locked one).
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        conf.path(),
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=/tmp</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+    )
+    .unwrap();
+    let config = format!("--config-file={}", conf.path().display());
+    in_keyring_session_with("inner_keychain_stops_mid_session", false, &[&config]);
+}
+
+/// Stops this session's keyring daemon: the one whose environment holds
+/// this test's own `XDG_RUNTIME_DIR` (other tests run daemons of their own).
+fn stop_keyring_daemon() {
+    let ours = format!(
+        "XDG_RUNTIME_DIR={}",
+        std::env::var("XDG_RUNTIME_DIR").unwrap()
+    );
+    let mut stopped = 0;
+    for proc in std::fs::read_dir("/proc").unwrap().flatten() {
+        let comm = std::fs::read_to_string(proc.path().join("comm")).unwrap_or_default();
+        let environ = std::fs::read(proc.path().join("environ")).unwrap_or_default();
+        if comm.trim() == "gnome-keyring-d"
+            && environ.split(|b| *b == 0).any(|v| v == ours.as_bytes())
+        {
+            let pid = proc.file_name().to_string_lossy().parse::<u32>().unwrap();
+            signal(pid, "KILL");
+            stopped += 1;
+        }
+    }
+    assert_eq!(stopped, 1, "this session's keyring daemon");
+}
+
+#[test]
+#[ignore = "runs inside its own D-Bus session, started by the test above"]
+fn inner_keychain_stops_mid_session() {
+    assert!(guard());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = TestServer::start(&[]);
+        server.add_user("rowan", "pw-rowan-123");
+        let dir = tempfile::tempdir().unwrap();
+        let vault = KeyringVault::new("latchkey-test").expect("a Secret Service is running");
+        let start = || async {
+            Engine::start(
+                test_config(dir.path()),
+                Arc::new(vault.clone()) as Arc<dyn Vault>,
+                Arc::new(TestHttp::new()),
+                Arc::new(SystemClock),
+            )
+            .await
+        };
+        let e = start().await.unwrap();
+        e.sign_in(&server.url(), "rowan", "pw-rowan-123")
+            .await
+            .unwrap();
+        e.save_note(None, "before".into(), "the keychain went".into())
+            .await
+            .unwrap();
+
+        stop_keyring_daemon();
+        // The next write of the session (every confirmation writes it) fails:
+        // shown, and the session goes on from memory.
+        e.sync_now().await.unwrap();
+        let st = wait_for(&e, 20, "the keychain error shown", |s| {
+            s.last_error
+                .as_ref()
+                .is_some_and(|x| x.code == "keychain_unavailable")
+        })
+        .await;
+        assert_eq!(st.state, SessionState::Online);
+        let message = &st.last_error.unwrap().message;
+        assert!(
+            message.contains("keychain") && message.contains("sign in again"),
+            "{message}"
+        );
+        e.save_note(None, "after".into(), "still saved".into())
+            .await
+            .unwrap();
+        e.sync_now().await.unwrap();
+        let on_server = server_notes(&server.url(), "rowan", "pw-rowan-123").await;
+        let titles: Vec<&str> = on_server.iter().map(|n| n.0.as_str()).collect();
+        assert!(
+            titles.contains(&"before") && titles.contains(&"after"),
+            "{titles:?}"
+        );
+        assert_eq!(e.status().state, SessionState::Online);
+        drop(e);
+
+        // A restart cannot read the session: a clear error, not a crash,
+        // and the notes stay on disk for the next sign-in.
+        match start().await {
+            Err(err) => assert_eq!(err.code(), "keychain_unavailable"),
+            Ok(e) => {
+                let st = e.status();
+                assert_eq!(st.state, SessionState::SignedOut);
+                assert_eq!(
+                    st.last_error.map(|x| x.code).as_deref(),
+                    Some("keychain_unavailable")
+                );
+            }
+        }
     });
 }
 
