@@ -20,26 +20,28 @@ use latchkey_client::{
 pub fn server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "latchkey-server",
-                "--bin",
-                "latchkey-server",
-            ])
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> -> target/<profile>/latchkey-server
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let mut build = Command::new(env!("CARGO"));
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "latchkey-server",
+            "--bin",
+            "latchkey-server",
+        ]);
+        // A test built with --release runs the release server, not a stale one.
+        if profile_dir.file_name() == Some("release".as_ref()) {
+            build.arg("--release");
+        }
+        let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building latchkey-server failed");
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test> -> target/<profile>/latchkey-server
-        exe.parent()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .join("latchkey-server")
+        profile_dir.join("latchkey-server")
     })
     .clone()
 }
