@@ -16,6 +16,8 @@ for part in "${parts[@]}"; do
         # Each part adds its own line here.
         # 200 engines against one release server for 10 minutes (figures printed).
         load) cargo test -p latchkey-client --release --locked --test load -- --nocapture ;;
+        # Each fuzz target to 10 million executions (or 20 minutes); one: FUZZ_TARGETS=server_token.
+        fuzz) bash scripts/fuzz.sh ${FUZZ_TARGETS:-} ;;
         *) echo "unknown part: $part (faults crashes convergence load fuzz)" >&2; exit 2 ;;
     esac
 done

@@ -56,7 +56,7 @@ pub struct Timeouts {
     pub sync: Duration,
 }
 
-fn decode<T: DeserializeOwned>(res: &HttpResponse) -> Result<T, Error> {
+pub(crate) fn decode<T: DeserializeOwned>(res: &HttpResponse) -> Result<T, Error> {
     serde_json::from_slice(&res.body).map_err(|_| {
         Error::Server(format!(
             "a {} answer that is not the expected JSON",
@@ -70,7 +70,7 @@ fn error_body(res: &HttpResponse) -> Option<ErrorBody> {
 }
 
 /// Sorts a non-200 answer.
-fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
+pub(crate) fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
     let body = error_body(res);
     let code = body.as_ref().map(|b| b.error);
     let reason = body.as_ref().and_then(|b| b.reason);

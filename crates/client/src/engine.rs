@@ -597,12 +597,7 @@ impl Inner {
     /// is this user's and this session's; not time) and opens the user's
     /// local data.
     async fn open_account(&self, entry: VaultEntry) -> Result<Account> {
-        let keys = KeySet::from_jwks(&entry.jwks)
-            .map_err(|_| Error::Token(latchkey_protocol::TokenError::UnknownKey))?;
-        let claims = keys.verify_signed(&entry.access_token, &entry.issuer)?;
-        if claims.sub != entry.user.id || claims.sid != entry.session_id {
-            return Err(Error::Token(latchkey_protocol::TokenError::Signature));
-        }
+        let (keys, claims) = entry.verify()?;
         let path = user_dir(&self.config.data_dir, &entry.server, &entry.user.id).join("notes.db");
         let store = blocking(move || LocalStore::open(&path)).await?;
         Ok(Account::new(entry, keys, claims, store))

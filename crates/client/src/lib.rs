@@ -12,6 +12,8 @@ pub mod api;
 pub mod clock;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod policy;
 pub mod status;

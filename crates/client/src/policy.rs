@@ -60,7 +60,11 @@ pub enum Verdict {
 /// locks until the server confirms the session again.
 pub fn evaluate(entry: &mut VaultEntry, now: i64, floor: i64, grace: Duration) -> (Verdict, bool) {
     let mut changed = false;
-    if now < entry.latest_seen_time - CLOCK_SETBACK_TOLERANCE_SECS && !entry.clock_locked {
+    // Saturating: a damaged entry may hold any time at all.
+    let set_back = entry
+        .latest_seen_time
+        .saturating_sub(CLOCK_SETBACK_TOLERANCE_SECS);
+    if now < set_back && !entry.clock_locked {
         entry.clock_locked = true;
         changed = true;
     }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use latchkey_protocol::{Jwks, UserInfo};
+use latchkey_protocol::{Claims, Jwks, KeySet, TokenError, UserInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -77,6 +77,18 @@ impl VaultEntry {
             return None;
         }
         serde_json::from_str(s).ok()
+    }
+
+    /// Verifies the stored access token offline, against the stored keys:
+    /// signature, header, issuer and audience, and that it is this user's
+    /// and this session's. Not time: the offline policy judges that.
+    pub fn verify(&self) -> std::result::Result<(KeySet, Claims), TokenError> {
+        let keys = KeySet::from_jwks(&self.jwks).map_err(|_| TokenError::UnknownKey)?;
+        let claims = keys.verify_signed(&self.access_token, &self.issuer)?;
+        if claims.sub != self.user.id || claims.sid != self.session_id {
+            return Err(TokenError::Signature);
+        }
+        Ok((keys, claims))
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod sync;
 pub mod token;
 

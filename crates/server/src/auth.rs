@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use latchkey_protocol::token::{Audience, sign};
-use latchkey_protocol::{AUDIENCE, Claims, Reason, TokenError};
+use latchkey_protocol::{AUDIENCE, Claims, KeySet, Reason, TokenError};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
@@ -101,12 +101,17 @@ pub fn issue_access_token(state: &AppState, session: &SessionRecord, now: i64) -
 
 /// Verifies a bearer token's signature, header, `iss` and `aud` (not time).
 pub fn verify_signed(state: &AppState, token: &str) -> Result<Claims, AppError> {
-    state
-        .keys
-        .current()
-        .verify
-        .verify_signed(token, &state.settings.issuer)
-        .map_err(token_error)
+    verify_with(&state.keys.current().verify, &state.settings.issuer, token)
+}
+
+/// [`verify_signed`] against given keys and issuer.
+pub fn verify_with(keys: &KeySet, issuer: &str, token: &str) -> Result<Claims, AppError> {
+    keys.verify_signed(token, issuer).map_err(token_error)
+}
+
+/// A verified token's `exp` and `nbf` against `now`, as a 401.
+pub fn check_time(claims: &Claims, now: i64, leeway: u64) -> Result<(), AppError> {
+    claims.check_time(now, leeway).map_err(token_error)
 }
 
 fn token_error(e: TokenError) -> AppError {
@@ -199,9 +204,7 @@ impl FromRequestParts<AppState> for Authed {
                 claims
             }
         };
-        claims
-            .check_time(now, state.settings.leeway)
-            .map_err(token_error)?;
+        check_time(&claims, now, state.settings.leeway)?;
         let session = state
             .sessions
             .check(state.store.as_ref(), &claims.sid, now)

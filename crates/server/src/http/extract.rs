@@ -133,10 +133,13 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
             ));
         }
         let bytes = read_body(&parts.headers, body, LIMIT).await?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| AppError::InvalidRequest(json_error(&e)))
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a JSON body, or says briefly what is wrong with it.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(bytes).map_err(|e| AppError::InvalidRequest(json_error(&e)))
 }
 
 /// Says what is wrong with a JSON body, briefly.
@@ -185,12 +188,24 @@ impl Form {
         }
     }
 
+    /// A form body: UTF-8, then [`Form::parse`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, AppError> {
+        if std::str::from_utf8(bytes).is_err() {
+            return Err(AppError::InvalidRequest(
+                "the form is not valid UTF-8".into(),
+            ));
+        }
+        Form::parse(bytes)
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Self, AppError> {
         let mut fields: Vec<(String, String)> = Vec::new();
         for (k, v) in form_urlencoded::parse(bytes) {
             if fields.iter().any(|(seen, _)| *seen == k) {
+                // Named, not echoed: a field name can be anything, of any length.
+                let shown: String = k.chars().take(40).collect();
                 return Err(AppError::InvalidRequest(format!(
-                    "the field {k} is given more than once"
+                    "the field {shown:?} is given more than once"
                 )));
             }
             fields.push((k.into_owned(), v.into_owned()));
@@ -210,12 +225,7 @@ impl<S: Send + Sync> FromRequest<S> for Form {
             ));
         }
         let bytes = read_body(&parts.headers, body, FORM_LIMIT).await?;
-        if std::str::from_utf8(&bytes).is_err() {
-            return Err(AppError::InvalidRequest(
-                "the form is not valid UTF-8".into(),
-            ));
-        }
-        Form::parse(&bytes)
+        Form::decode(&bytes)
     }
 }
 

@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use latchkey_protocol::{ErrorBody, ErrorCode};
 use tower_http::catch_panic::CatchPanicLayer;
 
-pub use extract::{Form, has_content_type, read_body};
+pub use extract::{Form, decode_json, has_content_type, read_body};
+pub use tokens::Grant;
 
 use crate::error::{AppError, error_response};
 use crate::state::AppState;

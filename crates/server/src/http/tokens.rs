@@ -31,21 +31,51 @@ fn no_store(body: TokenResponse) -> impl IntoResponse {
     )
 }
 
+/// What a token request asks for, read from its form.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Grant<'a> {
+    Password {
+        username: &'a str,
+        password: &'a str,
+    },
+    Refresh {
+        refresh_token: &'a str,
+    },
+}
+
+impl<'a> Grant<'a> {
+    pub fn from_form(form: &'a Form) -> Result<Self> {
+        match form.require("grant_type")? {
+            "password" => Ok(Grant::Password {
+                username: form.require("username")?,
+                password: form.get("password").ok_or_else(|| {
+                    AppError::InvalidRequest("the field password is missing".into())
+                })?,
+            }),
+            "refresh_token" => Ok(Grant::Refresh {
+                refresh_token: form.require("refresh_token")?,
+            }),
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                Err(AppError::UnsupportedGrantType(format!(
+                    "the grant type {shown:?} is not supported; use password or refresh_token"
+                )))
+            }
+        }
+    }
+}
+
 async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     form: Form,
 ) -> Result<impl IntoResponse> {
     let now = crate::now();
-    let answer = match form.require("grant_type")? {
-        "password" => password_grant(&state, &form, ip, now).await?,
-        "refresh_token" => refresh_grant(&state, &form, now).await?,
-        other => {
-            let shown: String = other.chars().take(40).collect();
-            return Err(AppError::UnsupportedGrantType(format!(
-                "the grant type {shown:?} is not supported; use password or refresh_token"
-            )));
+    let answer = match Grant::from_form(&form)? {
+        Grant::Password { username, password } => {
+            password_grant(&state, username, password, ip, now).await?
         }
+        Grant::Refresh { refresh_token } => refresh_grant(&state, refresh_token, now).await?,
     };
     Ok(no_store(answer))
 }
@@ -73,14 +103,11 @@ fn token_response(
 
 async fn password_grant(
     state: &AppState,
-    form: &Form,
+    username: &str,
+    password: &str,
     ip: std::net::IpAddr,
     now: i64,
 ) -> Result<TokenResponse> {
-    let username = form.require("username")?;
-    let password = form
-        .get("password")
-        .ok_or_else(|| AppError::InvalidRequest("the field password is missing".into()))?;
     let attempt = state
         .throttle
         .begin(username, ip, now)
@@ -112,8 +139,8 @@ async fn password_grant(
     Ok(token_response(state, &session, refresh_token, now))
 }
 
-async fn refresh_grant(state: &AppState, form: &Form, now: i64) -> Result<TokenResponse> {
-    let presented = token_hash(form.require("refresh_token")?);
+async fn refresh_grant(state: &AppState, presented: &str, now: i64) -> Result<TokenResponse> {
+    let presented = token_hash(presented);
     let refresh_token = random_token();
     match state
         .store
