@@ -14,6 +14,10 @@ for part in "${parts[@]}"; do
     echo "== $part"
     case "$part" in
         # Each part adds its own line here.
+        # The server SIGKILLed in pushes and refreshes (50 runs), a process using
+        # the engine SIGKILLed in bursts of saves (100 runs); summary lines: CRASHES.
+        crashes) cargo test -p latchkey-client --locked --test crashes -- --nocapture --test-threads=1 2>&1 | tee target/crashes.log
+                 grep '^CRASHES' target/crashes.log ;;
         # 200 engines against one release server for 10 minutes (figures printed).
         load) cargo test -p latchkey-client --release --locked --test load -- --nocapture ;;
         # Each fuzz target to 10 million executions (or 20 minutes); one: FUZZ_TARGETS=server_token.
