@@ -18,6 +18,10 @@ for part in "${parts[@]}"; do
         # the engine SIGKILLed in bursts of saves (100 runs); summary lines: CRASHES.
         crashes) cargo test -p latchkey-client --locked --test crashes -- --nocapture --test-threads=1 2>&1 | tee target/crashes.log
                  grep '^CRASHES' target/crashes.log ;;
+        # Two devices, any interleaving of edits, deletes, syncs, restarts and
+        # faults, 1000 proptest cases; summary line: "convergence summary".
+        convergence) cargo test -p latchkey-client --locked --test convergence -- --nocapture 2>&1 | tee target/convergence.log
+                     grep '^convergence summary' target/convergence.log ;;
         # 200 engines against one release server for 10 minutes (figures printed).
         load) cargo test -p latchkey-client --release --locked --test load -- --nocapture ;;
         # Each fuzz target to 10 million executions (or 20 minutes); one: FUZZ_TARGETS=server_token.

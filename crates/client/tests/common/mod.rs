@@ -196,6 +196,21 @@ impl Drop for TestServer {
 
 /// The notes on the server, as another session of `user` sees them (title, body).
 pub async fn server_notes(url: &str, user: &str, password: &str) -> Vec<(String, String, bool)> {
+    server_changes(url, user, password)
+        .await
+        .into_iter()
+        .filter(|c| !c.deleted)
+        .map(|c| (c.title, c.body, c.deleted))
+        .collect()
+}
+
+/// Every note of `user` on the server (tombstones included), whole, in
+/// note id order.
+pub async fn server_changes(
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Vec<latchkey_protocol::Change> {
     let http = reqwest::Client::new();
     let tok: serde_json::Value = http
         .post(format!("{url}/v1/auth/token"))
@@ -224,14 +239,14 @@ pub async fn server_notes(url: &str, user: &str, password: &str) -> Vec<(String,
             .await
             .unwrap();
         for c in page.changes {
-            notes.insert(c.note_id, (c.title, c.body, c.deleted));
+            notes.insert(c.note_id, c);
         }
         since = page.cursor;
         if !page.more {
             break;
         }
     }
-    notes.into_values().filter(|n| !n.2).collect()
+    notes.into_values().collect()
 }
 
 /// A transport that counts requests by path and can fail them on purpose.
@@ -246,6 +261,25 @@ pub struct TestHttp {
     pub lose_push_responses: Arc<AtomicUsize>,
     /// Make every request fail as if the network were gone.
     pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// A script for the next requests, one step each, in order (an empty
+    /// script lets everything through).
+    pub plan: Arc<Mutex<std::collections::VecDeque<Fault>>>,
+    /// How many `Fail` and `LoseResponse` steps of `plan` have happened.
+    pub faults_injected: Arc<AtomicUsize>,
+    /// Requests to these paths (e.g. `healthz`) fail as if the network were
+    /// gone; they take no step of `plan`.
+    pub unreachable: Arc<Mutex<Vec<String>>>,
+}
+
+/// One step of [`TestHttp::plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request goes through untouched.
+    Pass,
+    /// The request fails before it leaves: the server never sees it.
+    Fail,
+    /// The server handles the request; its answer is lost on the way back.
+    LoseResponse,
 }
 
 impl TestHttp {
@@ -256,6 +290,9 @@ impl TestHttp {
             lose_refresh_responses: Arc::default(),
             lose_push_responses: Arc::default(),
             down: Arc::default(),
+            plan: Arc::default(),
+            faults_injected: Arc::default(),
+            unreachable: Arc::default(),
         }
     }
 
@@ -289,11 +326,30 @@ impl Http for TestHttp {
         let refresh = path == "v1/auth/token"
             && String::from_utf8_lossy(&req.body).contains("grant_type=refresh_token");
         let push = path == "v1/sync/push";
+        let unreachable = self.unreachable.lock().unwrap().contains(&path);
         self.calls
             .lock()
             .unwrap()
             .push(if refresh { "refresh".into() } else { path });
+        if unreachable {
+            return Err(latchkey_client::Error::Network {
+                detail: "test made this path unreachable".into(),
+            });
+        }
+        let step = self.plan.lock().unwrap().pop_front();
+        if step == Some(Fault::Fail) {
+            self.faults_injected.fetch_add(1, Ordering::SeqCst);
+            return Err(latchkey_client::Error::Network {
+                detail: "test failed the request".into(),
+            });
+        }
         let res = self.inner.send(req).await?;
+        if step == Some(Fault::LoseResponse) {
+            self.faults_injected.fetch_add(1, Ordering::SeqCst);
+            return Err(latchkey_client::Error::Network {
+                detail: "test lost the response".into(),
+            });
+        }
         if push
             && self
                 .lose_push_responses
