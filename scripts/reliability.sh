@@ -14,6 +14,10 @@ for part in "${parts[@]}"; do
     echo "== $part"
     case "$part" in
         # Each part adds its own line here.
+        # 200 randomized runs: offline edits on one or two devices, then a
+        # reconnect through the fault-injecting proxy; summary line: "faults summary".
+        faults) cargo test -p latchkey-client --release --locked --test faults -- --nocapture 2>&1 | tee target/faults.log
+                grep '^faults summary' target/faults.log ;;
         # The server SIGKILLed in pushes and refreshes (50 runs), a process using
         # the engine SIGKILLed in bursts of saves (100 runs); summary lines: CRASHES.
         crashes) cargo test -p latchkey-client --locked --test crashes -- --nocapture --test-threads=1 2>&1 | tee target/crashes.log

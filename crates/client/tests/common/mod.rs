@@ -2,6 +2,8 @@
 //! counting / fault-injecting transport, and engine builders.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::PathBuf;

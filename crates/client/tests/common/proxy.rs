@@ -1,0 +1,659 @@
+//! A fault-injecting TCP proxy on 127.0.0.1, between the engine (its server
+//! URL pointed at [`Proxy::url`]) and the real server.
+//!
+//! It parses the HTTP/1.1 traffic it carries (request and response heads,
+//! `Content-Length` or chunked bodies), so faults are chosen per request,
+//! also on pooled keep-alive connections: the test's policy sees each
+//! request's method and path and may answer with a [`Fault`]. Every fault
+//! injected is counted by kind.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// SplitMix64: a tiny seeded generator whose sequence never changes with a
+/// dependency's version, so a printed seed replays a run.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
+
+/// What the proxy can do to one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Close the connection without forwarding anything.
+    DropBeforeRequest,
+    /// Forward this fraction (0..1) of the request's bytes, then close.
+    DropMidRequest(f64),
+    /// Forward the whole request, read the whole answer, then close
+    /// without sending it: the server applied it, the client never hears.
+    DropResponse,
+    /// Wait, then forward as usual.
+    Delay(Duration),
+    /// Close with a TCP reset (SO_LINGER 0): before forwarding or, with
+    /// `applied`, after the server answered.
+    Reset { applied: bool },
+    /// Keep the connection open and never answer.
+    BlackHole,
+}
+
+impl Fault {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::DropBeforeRequest => FaultKind::DropBeforeRequest,
+            Fault::DropMidRequest(_) => FaultKind::DropMidRequest,
+            Fault::DropResponse => FaultKind::DropResponse,
+            Fault::Delay(_) => FaultKind::Delay,
+            Fault::Reset { .. } => FaultKind::Reset,
+            Fault::BlackHole => FaultKind::BlackHole,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    DropBeforeRequest,
+    DropMidRequest,
+    DropResponse,
+    Delay,
+    Reset,
+    BlackHole,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::DropBeforeRequest,
+        FaultKind::DropMidRequest,
+        FaultKind::DropResponse,
+        FaultKind::Delay,
+        FaultKind::Reset,
+        FaultKind::BlackHole,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::DropBeforeRequest => "drop_before_request",
+            FaultKind::DropMidRequest => "drop_mid_request",
+            FaultKind::DropResponse => "drop_response",
+            FaultKind::Delay => "delay",
+            FaultKind::Reset => "reset",
+            FaultKind::BlackHole => "black_hole",
+        }
+    }
+}
+
+/// One request as the policy sees it.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// Requests seen by this proxy before this one.
+    pub seq: u64,
+    pub method: String,
+    /// Without the query.
+    pub path: String,
+    /// A token request with `grant_type=refresh_token`.
+    pub refresh: bool,
+}
+
+impl RequestInfo {
+    pub fn is_push(&self) -> bool {
+        self.method == "POST" && self.path == "/v1/sync/push"
+    }
+
+    /// What the request is, in a word: push, pull, refresh, token,
+    /// session, healthz or other.
+    pub fn target(&self) -> &'static str {
+        match self.path.as_str() {
+            "/v1/sync/push" => "push",
+            "/v1/sync/pull" => "pull",
+            "/v1/auth/token" if self.refresh => "refresh",
+            "/v1/auth/token" => "token",
+            "/v1/auth/session" => "session",
+            "/healthz" => "healthz",
+            _ => "other",
+        }
+    }
+}
+
+/// Decides the fault (if any) of each request.
+pub type Policy = Box<dyn FnMut(&RequestInfo) -> Option<Fault> + Send>;
+
+/// No faults.
+pub fn pass() -> Policy {
+    Box::new(|_| None)
+}
+
+/// These faults for the next requests that `matches` accepts, in order;
+/// then none.
+pub fn scripted(
+    faults: impl IntoIterator<Item = Fault>,
+    matches: impl Fn(&RequestInfo) -> bool + Send + 'static,
+) -> Policy {
+    let mut left: VecDeque<Fault> = faults.into_iter().collect();
+    Box::new(move |req| if matches(req) { left.pop_front() } else { None })
+}
+
+/// Relative weights of the kinds a random policy picks from.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights {
+    pub drop_before_request: u32,
+    pub drop_mid_request: u32,
+    pub drop_response: u32,
+    pub delay: u32,
+    pub reset: u32,
+    pub black_hole: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self {
+            drop_before_request: 2,
+            drop_mid_request: 2,
+            drop_response: 3,
+            delay: 2,
+            reset: 2,
+            black_hole: 1,
+        }
+    }
+}
+
+/// A fault with probability `p` per request (`p / 4` for the heartbeat's
+/// `/healthz`, which would otherwise take most of them), of a kind drawn
+/// by `weights`, from a generator seeded with `seed`. Pushes get a lost
+/// answer three times as often as their share: the case that could
+/// duplicate.
+pub fn random(seed: u64, p: f64, weights: Weights) -> Policy {
+    let mut rng = Rng::new(seed);
+    Box::new(move |req| {
+        let p = if req.target() == "healthz" {
+            p / 4.0
+        } else {
+            p
+        };
+        if !rng.chance(p) {
+            return None;
+        }
+        let w = [
+            weights.drop_before_request,
+            weights.drop_mid_request,
+            weights.drop_response * if req.is_push() { 3 } else { 1 },
+            weights.delay,
+            weights.reset,
+            weights.black_hole,
+        ];
+        let total: u32 = w.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = rng.below(total as u64) as u32;
+        let mut kind = 0;
+        while pick >= w[kind] {
+            pick -= w[kind];
+            kind += 1;
+        }
+        Some(match kind {
+            0 => Fault::DropBeforeRequest,
+            1 => Fault::DropMidRequest(rng.unit()),
+            2 => Fault::DropResponse,
+            3 => Fault::Delay(Duration::from_millis(20 + rng.below(400))),
+            4 => Fault::Reset {
+                applied: rng.chance(0.5),
+            },
+            _ => Fault::BlackHole,
+        })
+    })
+}
+
+/// How the proxy behaves as a whole, before any policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Up,
+    /// Every connection is closed at once (nothing listens).
+    Refused,
+    /// Every request is read and never answered.
+    BlackHoled,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    policy: Mutex<Policy>,
+    link: Mutex<Link>,
+    counts: [AtomicU64; 6],
+    /// Requests the server answered whose answer never reached the
+    /// client, by [`RequestInfo::target`].
+    answers_lost: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    requests: AtomicU64,
+    /// Requests not forwarded because the link was down.
+    link_down: AtomicU64,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Shared {
+    fn count(&self, f: &Fault) {
+        self.counts[f.kind() as usize].fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to `upstream_port`
+    /// there, with no faults until a policy is set.
+    pub async fn start(upstream_port: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+            policy: Mutex::new(pass()),
+            link: Mutex::new(Link::Up),
+            counts: Default::default(),
+            answers_lost: Mutex::default(),
+            requests: AtomicU64::new(0),
+            link_down: AtomicU64::new(0),
+            tasks: Mutex::default(),
+        });
+        let s = shared.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let conn = tokio::spawn(serve(s.clone(), client));
+                let mut tasks = s.tasks.lock().unwrap();
+                tasks.retain(|t| !t.is_finished());
+                tasks.push(conn.abort_handle());
+            }
+        });
+        shared.tasks.lock().unwrap().push(accept.abort_handle());
+        Proxy { addr, shared }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self.shared.policy.lock().unwrap() = policy;
+    }
+
+    pub fn set_link(&self, link: Link) {
+        *self.shared.link.lock().unwrap() = link;
+    }
+
+    /// Faults injected so far, by kind (in [`FaultKind::ALL`] order).
+    pub fn counts(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.shared.counts[i].load(Ordering::SeqCst))
+    }
+
+    pub fn count(&self, kind: FaultKind) -> u64 {
+        self.shared.counts[kind as usize].load(Ordering::SeqCst)
+    }
+
+    pub fn faults(&self) -> u64 {
+        self.counts().iter().sum()
+    }
+
+    /// Requests handled by the server whose answer the client never got,
+    /// by [`RequestInfo::target`].
+    pub fn answers_lost(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.shared.answers_lost.lock().unwrap().clone()
+    }
+
+    /// Pushes applied by the server whose answer the client never got.
+    pub fn push_answers_lost(&self) -> u64 {
+        self.answers_lost().get("push").copied().unwrap_or(0)
+    }
+
+    /// Requests seen (forwarded or not).
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn link_down_requests(&self) -> u64 {
+        self.shared.link_down.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for t in self.shared.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// One side of a connection with the bytes read but not used yet.
+struct Side {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+
+impl Side {
+    fn new(s: TcpStream) -> Self {
+        Self { s, buf: Vec::new() }
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut tmp = [0u8; 16 * 1024];
+        let n = self.s.read(&mut tmp).await?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// The next head (through the blank line); None at a clean end.
+    async fn head(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(Some(self.buf.drain(..i + 4).collect()));
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(io::Error::other("head too large"));
+            }
+            if self.fill().await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    async fn exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    async fn line(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                return Ok(self.buf.drain(..i + 2).collect());
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(io::Error::other("line too long"));
+            }
+            if self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// A chunked body, raw (sizes, data and trailers).
+    async fn chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let line = self.line().await?;
+            let size = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|l| l.trim().split(';').next())
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .ok_or_else(|| io::Error::other("bad chunk size"))?;
+            out.extend_from_slice(&line);
+            if size == 0 {
+                // trailers, through the blank line
+                loop {
+                    let t = self.line().await?;
+                    out.extend_from_slice(&t);
+                    if t == b"\r\n" {
+                        return Ok(out);
+                    }
+                }
+            }
+            out.extend(self.exact(size + 2).await?);
+        }
+    }
+
+    async fn until_closed(&mut self) -> io::Result<Vec<u8>> {
+        while self.fill().await? != 0 {}
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    /// Reads until the peer closes (a black hole keeps it open until then).
+    async fn hold(&mut self) {
+        while matches!(self.fill().await, Ok(n) if n > 0) {
+            self.buf.clear();
+        }
+    }
+}
+
+enum Body {
+    None,
+    Length(usize),
+    Chunked,
+    /// Until the connection closes.
+    ToEnd,
+}
+
+struct Head {
+    first: String,
+    body: Body,
+    close: bool,
+}
+
+fn parse_head(raw: &[u8], request: bool) -> io::Result<Head> {
+    let text = std::str::from_utf8(raw).map_err(|_| io::Error::other("head not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or("").to_string();
+    let (mut length, mut chunked, mut close) = (None, false, false);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" => {
+                length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| io::Error::other("bad content-length"))?,
+                )
+            }
+            "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
+            "connection" => close = value.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    let body = if chunked {
+        Body::Chunked
+    } else if let Some(n) = length {
+        Body::Length(n)
+    } else if request {
+        Body::None
+    } else {
+        let status = first.split(' ').nth(1).unwrap_or("");
+        if status.starts_with('1') || status == "204" || status == "304" {
+            Body::None
+        } else {
+            Body::ToEnd
+        }
+    };
+    Ok(Head { first, body, close })
+}
+
+async fn read_body(side: &mut Side, body: &Body) -> io::Result<Vec<u8>> {
+    match body {
+        Body::None => Ok(Vec::new()),
+        Body::Length(n) => side.exact(*n).await,
+        Body::Chunked => side.chunked().await,
+        Body::ToEnd => side.until_closed().await,
+    }
+}
+
+/// Resets the connection instead of closing it.
+fn reset(side: Side) {
+    let _ = side.s.set_zero_linger();
+    drop(side);
+}
+
+/// Carries one client connection, request by request.
+async fn serve(shared: Arc<Shared>, client: TcpStream) {
+    let mut client = Side::new(client);
+    if *shared.link.lock().unwrap() == Link::Refused {
+        shared.link_down.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let mut upstream: Option<Side> = None;
+    loop {
+        let Ok(Some(head)) = client.head().await else {
+            return;
+        };
+        let Ok(req) = parse_head(&head, true) else {
+            return;
+        };
+        let Ok(body) = read_body(&mut client, &req.body).await else {
+            return;
+        };
+        let mut parts = req.first.split(' ');
+        let needle = b"grant_type=refresh_token";
+        let refresh = body.windows(needle.len()).any(|w| w == needle);
+        let info = RequestInfo {
+            refresh,
+            seq: shared.requests.fetch_add(1, Ordering::SeqCst),
+            method: parts.next().unwrap_or("").to_string(),
+            path: parts
+                .next()
+                .unwrap_or("")
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        };
+        let link = *shared.link.lock().unwrap();
+        match link {
+            Link::Up => {}
+            Link::Refused => {
+                shared.link_down.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Link::BlackHoled => {
+                shared.link_down.fetch_add(1, Ordering::SeqCst);
+                client.hold().await;
+                return;
+            }
+        }
+        let fault = {
+            let mut policy = shared.policy.lock().unwrap();
+            (*policy)(&info)
+        };
+        if let Some(f) = &fault {
+            shared.count(f);
+        }
+        match fault {
+            Some(Fault::DropBeforeRequest) => return,
+            Some(Fault::Reset { applied: false }) => return reset(client),
+            Some(Fault::BlackHole) => return client.hold().await,
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            _ => {}
+        }
+        if upstream.is_none() {
+            match TcpStream::connect(shared.upstream).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    upstream = Some(Side::new(s));
+                }
+                Err(_) => return,
+            }
+        }
+        let up = upstream.as_mut().unwrap();
+        let mut request = head;
+        request.extend_from_slice(&body);
+        if let Some(Fault::DropMidRequest(fraction)) = fault {
+            let cut = ((request.len() as f64 * fraction) as usize).clamp(1, request.len() - 1);
+            let _ = up.s.write_all(&request[..cut]).await;
+            let _ = up.s.shutdown().await;
+            return;
+        }
+        if up.s.write_all(&request).await.is_err() {
+            return;
+        }
+        // The answer, whole (skipping any 1xx).
+        let (res_head, res, res_body) = loop {
+            let Ok(Some(h)) = up.head().await else {
+                return;
+            };
+            let Ok(parsed) = parse_head(&h, false) else {
+                return;
+            };
+            if parsed
+                .first
+                .split(' ')
+                .nth(1)
+                .is_some_and(|s| s.starts_with('1'))
+            {
+                if client.s.write_all(&h).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let Ok(b) = read_body(up, &parsed.body).await else {
+                return;
+            };
+            break (h, parsed, b);
+        };
+        match fault {
+            Some(Fault::DropResponse) | Some(Fault::Reset { applied: true }) => {
+                *shared
+                    .answers_lost
+                    .lock()
+                    .unwrap()
+                    .entry(info.target())
+                    .or_default() += 1;
+                if matches!(fault, Some(Fault::Reset { .. })) {
+                    reset(client);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let mut answer = res_head;
+        answer.extend_from_slice(&res_body);
+        if client.s.write_all(&answer).await.is_err() {
+            return;
+        }
+        if req.close || res.close || matches!(res.body, Body::ToEnd) {
+            return;
+        }
+    }
+}
