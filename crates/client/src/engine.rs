@@ -1316,7 +1316,9 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
 
 /// Runs a sync on its own task and keeps the heartbeat going meanwhile, so
 /// a server that stops answering mid-sync shows as offline within seconds
-/// instead of when the sync's own timeout runs out.
+/// instead of when the sync's own timeout runs out; that sync is then
+/// dropped (what it marked sent is sent again, first, by the next one) so
+/// that the reconnect sync can start as soon as the server is back.
 async fn sync_with_heartbeat(inner: &Arc<Inner>) {
     let mut sync = tokio::spawn({
         let inner = inner.clone();
@@ -1332,7 +1334,9 @@ async fn sync_with_heartbeat(inner: &Arc<Inner>) {
             }
             _ = tokio::time::sleep(inner.config.heartbeat) => {
                 if lock(&inner.flags).online && inner.probe().await.is_err() {
+                    sync.abort();
                     inner.on_network_error(&Error::Network { detail: "the server stopped answering".into() });
+                    return;
                 }
             }
         }

@@ -641,3 +641,49 @@ async fn the_grace_runs_out_while_working_offline() {
     e.set_work_offline(false);
     wait_state(e, SessionState::Online, 20).await;
 }
+
+/// A push black-holed mid-sync (the server never answers it) does not hold
+/// the reconnect until the sync's own timeout: the heartbeat notices, the
+/// sync is dropped, and once the server answers again everything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_black_holed_mid_sync_does_not_hold_the_reconnect() {
+    let server = TestServer::start(&[]);
+    server.add_user("bea", PW);
+    let proxy = Proxy::start(server.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.timeouts.sync = Duration::from_secs(300);
+    let e = Engine::start(
+        cfg,
+        Arc::new(MemoryVault::new()) as Arc<dyn Vault>,
+        Arc::new(ReqwestHttp::new(Duration::from_secs(1)).unwrap()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    e.sign_in(&proxy.url(), "bea", PW).await.unwrap();
+    e.set_work_offline(true);
+    for i in 0..20 {
+        e.save_note(None, format!("note {i}"), format!("written offline {i}"))
+            .await
+            .unwrap();
+    }
+    proxy.set_policy(proxy::scripted([Fault::BlackHole], |r| r.is_push()));
+    let started = Instant::now();
+    e.set_work_offline(false);
+    faults_reach(&proxy, 1).await;
+    // The network goes (probes go unanswered too), then comes back.
+    proxy.set_link(Link::BlackHoled);
+    wait_state(&e, SessionState::Offline, 20).await;
+    proxy.set_link(Link::Up);
+    wait_for(&e, 60, "all sent", |s| {
+        s.state == SessionState::Online && s.pending == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the reconnect waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server_notes(&server.url(), "bea", PW).await.len(), 20);
+}
