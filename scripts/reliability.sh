@@ -3,13 +3,13 @@
 # that run inside scripts/test.sh, scaled up by LATCHKEY_LONG=1, plus the
 # fuzzers. Figures go to RELIABILITY.md. Usage:
 #   bash scripts/reliability.sh            # everything (several hours)
-#   bash scripts/reliability.sh PART...    # some of: faults crashes convergence load fuzz
+#   bash scripts/reliability.sh PART...    # some of: faults crashes convergence load fuzz local
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export LATCHKEY_LONG=1
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(faults crashes convergence load fuzz)
+[ ${#parts[@]} -eq 0 ] && parts=(faults crashes convergence load fuzz local)
 for part in "${parts[@]}"; do
     echo "== $part"
     case "$part" in
@@ -30,6 +30,8 @@ for part in "${parts[@]}"; do
         load) cargo test -p latchkey-client --release --locked --test load -- --nocapture ;;
         # Each fuzz target to 10 million executions (or 20 minutes); one: FUZZ_TARGETS=server_token.
         fuzz) bash scripts/fuzz.sh ${FUZZ_TARGETS:-} ;;
-        *) echo "unknown part: $part (faults crashes convergence load fuzz)" >&2; exit 2 ;;
+        # A full disk, a read-only data folder, the keychain daemon killed mid-session.
+        local) cargo test -p latchkey-client --locked --test local_faults --test keychain ;;
+        *) echo "unknown part: $part (faults crashes convergence load fuzz local)" >&2; exit 2 ;;
     esac
 done
