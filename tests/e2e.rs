@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, free_port, server_notes};
+use common::{TestServer, free_port, revoke_user_now, server_notes};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const INNER_ENV: &str = "LATCHKEY_E2E_SESSION";
@@ -147,6 +147,18 @@ impl Drop for Driver {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// Prints the app's log if the test fails (the folder goes with the test).
+struct LogOnFailure(PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+            eprintln!("---- the app's log ({}):\n{log}", self.0.display());
+        }
     }
 }
 
@@ -373,6 +385,7 @@ fn inner_real_window() {
         let url = server.url();
         let work = tempfile::tempdir().unwrap();
         let wrapper = app_wrapper(work.path());
+        let _log = LogOnFailure(work.path().join("app.log"));
         let driver = Driver::start();
         let c = launch(&driver, &wrapper).await;
         shot(&c, "01-sign-in").await;
@@ -499,7 +512,7 @@ fn inner_real_window() {
         wait_text(&c, "status-connectivity", "working offline", 5).await;
         write_note(&c, None, "During revocation", "must not be lost").await;
         wait_text(&c, "status-pending", "1", 10).await;
-        server.revoke_user("rita");
+        revoke_user_now(&server, "rita", PW).await;
         click(&c, "work-offline").await;
         wait_until("the sign-in form after revocation", 20, || async {
             visible(&c, "login-submit").await

@@ -206,14 +206,8 @@ pub async fn server_notes(url: &str, user: &str, password: &str) -> Vec<(String,
         .collect()
 }
 
-/// Every note of `user` on the server (tombstones included), whole, in
-/// note id order.
-pub async fn server_changes(
-    url: &str,
-    user: &str,
-    password: &str,
-) -> Vec<latchkey_protocol::Change> {
-    let http = reqwest::Client::new();
+/// An access token of a new session of `user` (password grant).
+async fn access_token(http: &reqwest::Client, url: &str, user: &str, password: &str) -> String {
     let tok: serde_json::Value = http
         .post(format!("{url}/v1/auth/token"))
         .form(&[
@@ -227,7 +221,44 @@ pub async fn server_changes(
         .json()
         .await
         .unwrap();
-    let at = tok["access_token"].as_str().unwrap().to_string();
+    tok["access_token"].as_str().unwrap().to_string()
+}
+
+/// Revokes every session of `user` with the CLI and returns once the
+/// running server refuses them (it picks up other processes' revocations
+/// within a second): a session made just before is polled until it is.
+pub async fn revoke_user_now(server: &TestServer, user: &str, password: &str) {
+    let (url, http) = (server.url(), reqwest::Client::new());
+    let probe = access_token(&http, &url, user, password).await;
+    server.revoke_user(user);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = http
+            .get(format!("{url}/v1/auth/session"))
+            .bearer_auth(&probe)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 401 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still honours {user}'s sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every note of `user` on the server (tombstones included), whole, in
+/// note id order.
+pub async fn server_changes(
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Vec<latchkey_protocol::Change> {
+    let http = reqwest::Client::new();
+    let at = access_token(&http, url, user, password).await;
     let mut since = 0;
     let mut notes = std::collections::BTreeMap::new();
     loop {
