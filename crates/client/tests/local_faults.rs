@@ -47,8 +47,27 @@ impl Tmpfs {
         self.dir.path()
     }
 
+    /// Remounts read-only or read-write. A dropped engine's last tasks may
+    /// hold the database open for a moment ("busy"): retried for a while.
     fn remount(&self, mode: &str) {
-        Self::run(&["-o", &format!("remount,{mode}")], self.path());
+        let opts = format!("remount,{mode}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let out = Command::new("mount")
+                .args(["-o", &opts])
+                .arg(self.path())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                err.contains("busy") && std::time::Instant::now() < deadline,
+                "mount -o {opts} failed: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 
@@ -105,6 +124,29 @@ fn integrity(dir: &Path) {
             .unwrap();
         assert_eq!(ok, "ok", "{db:?}");
     }
+}
+
+/// Once the fault is gone: a sync sends everything, the server holds
+/// exactly `expected` (title, body, sorted), and the database is sound.
+async fn synced_once_writable(
+    e: Engine,
+    server: &TestServer,
+    user: &str,
+    data: &Path,
+    expected: &[(String, String)],
+) {
+    e.set_work_offline(false);
+    e.sync_now().await.unwrap();
+    assert_eq!(e.status().pending, 0);
+    let mut on_server: Vec<_> = server_notes(&server.url(), user, "pw-local-123")
+        .await
+        .into_iter()
+        .map(|(t, b, _)| (t, b))
+        .collect();
+    on_server.sort();
+    assert_eq!(on_server, expected);
+    drop(e);
+    integrity(data);
 }
 
 /// Checks a refused save: the storage error, in words a user can act on.
@@ -171,18 +213,7 @@ async fn a_full_disk_refuses_the_save_clearly_and_damages_nothing() {
     kept.push(("after".into(), "space again".into()));
     kept.sort();
     assert_eq!(texts(&e.list_notes().await.unwrap()), kept);
-    e.set_work_offline(false);
-    e.sync_now().await.unwrap();
-    assert_eq!(e.status().pending, 0);
-    let mut on_server: Vec<_> = server_notes(&server.url(), "full-disk", "pw-local-123")
-        .await
-        .into_iter()
-        .map(|(t, b, _)| (t, b))
-        .collect();
-    on_server.sort();
-    assert_eq!(on_server, kept);
-    drop(e);
-    integrity(&data);
+    synced_once_writable(e, &server, "full-disk", &data, &kept).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,16 +274,5 @@ async fn a_read_only_data_folder_is_a_clear_error_and_damages_nothing() {
     let e = start().await;
     assert!(e.status().user.is_some(), "{:?}", e.status());
     assert_eq!(texts(&e.list_notes().await.unwrap()), before);
-    e.set_work_offline(false);
-    e.sync_now().await.unwrap();
-    assert_eq!(e.status().pending, 0);
-    let mut on_server: Vec<_> = server_notes(&server.url(), "read-only", "pw-local-123")
-        .await
-        .into_iter()
-        .map(|(t, b, _)| (t, b))
-        .collect();
-    on_server.sort();
-    assert_eq!(on_server, before);
-    drop(e);
-    integrity(&data);
+    synced_once_writable(e, &server, "read-only", &data, &before).await;
 }
