@@ -335,7 +335,7 @@ fn logged_micros(log: &Path, path: &str) -> Vec<u64> {
 }
 
 fn fresh_note_ids() -> Vec<Uuid> {
-    (0..NOTES_PER_RUN).map(|_| Uuid::new_v4()).collect()
+    (0..NOTES_PER_RUN).map(|_| Uuid::now_v7()).collect()
 }
 
 async fn push(conn: &mut Conn, auth: &HeaderValue, notes: &[Uuid]) -> anyhow::Result<()> {
@@ -343,7 +343,7 @@ async fn push(conn: &mut Conn, auth: &HeaderValue, notes: &[Uuid]) -> anyhow::Re
     let ops = notes
         .iter()
         .map(|&note_id| Op::Upsert {
-            op_id: Uuid::new_v4(),
+            op_id: Uuid::now_v7(),
             note_id,
             base_rev: 0,
             title: "Groceries".into(),
