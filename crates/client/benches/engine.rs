@@ -812,7 +812,7 @@ fn store_breakdown(notes: &[(String, String)]) {
     let mut store = LocalStore::open(&dir.path().join("notes.db")).unwrap();
     for (i, (title, body)) in notes.iter().enumerate() {
         store
-            .save_note(Uuid::new_v4(), title, body, i as i64)
+            .save_note(Uuid::now_v7(), title, body, i as i64)
             .unwrap();
     }
     let zero = Duration::ZERO;
@@ -961,8 +961,8 @@ async fn sync(bin: &Path, n: usize) {
     for (i, (title, body)) in notes.iter().enumerate() {
         let req = PushRequest {
             ops: vec![Op::Upsert {
-                op_id: Uuid::new_v4(),
-                note_id: Uuid::new_v4(),
+                op_id: Uuid::now_v7(),
+                note_id: Uuid::now_v7(),
                 base_rev: 0,
                 title: title.clone(),
                 body: body.clone(),

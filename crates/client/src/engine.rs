@@ -28,7 +28,8 @@ use crate::vault::{Vault, VaultEntry, account_name};
 
 /// At most this many ops per push.
 pub const PUSH_BATCH: usize = 500;
-const PULL_PAGE: u32 = 500;
+/// The server's largest page: fewer round trips for a large pull.
+const PULL_PAGE: u32 = 1000;
 /// latest_seen_time is written back to the keychain at most this often.
 const PERSIST_SEEN_EVERY_SECS: i64 = 60;
 
@@ -310,7 +311,11 @@ impl Engine {
     pub async fn save_note(&self, id: Option<Uuid>, title: String, body: String) -> Result<Note> {
         let store = self.inner.notes_store()?;
         let now = self.inner.clock.now();
-        let id = id.unwrap_or_else(Uuid::new_v4);
+        // Time-ordered ids (as the outbox's op ids): the server's and the
+        // local store's indexes then grow at one end instead of touching a
+        // random page per note: a batched push costs the server a third of
+        // the time (BENCHMARKS.md).
+        let id = id.unwrap_or_else(Uuid::now_v7);
         let result = blocking(move || lock(&store).save_note(id, &title, &body, now)).await;
         self.inner.after_edit(&result);
         result
@@ -1138,11 +1143,23 @@ impl Inner {
                 async move { api::push(http.as_ref(), &server, &token, &body, t).await }
             })
         };
+        let pull = |since: i64| {
+            self.authed(move |token| {
+                let (http, server) = (http.clone(), server.clone());
+                async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
+            })
+        };
         let s = store.clone();
-        let mut ops = blocking(move || lock(&s).next_batch(PUSH_BATCH)).await?;
+        let (mut ops, mut since) = blocking(move || {
+            let mut store = lock(&s);
+            Ok((store.next_batch(PUSH_BATCH)?, store.cursor()?))
+        })
+        .await?;
         let mut answered: Option<PushResponse> = None;
         // Every op this sync pushed, so none is sent twice by it.
         let mut pushed = std::collections::HashSet::new();
+        // The first pull page, fetched while the last push answer is applied.
+        let mut first_page = None;
         while !ops.is_empty() {
             pushed.extend(ops.iter().map(Op::op_id));
             let s = store.clone();
@@ -1163,30 +1180,29 @@ impl Inner {
             // marked sent and not pushed by this sync are ones whose answer
             // was lost before it (a lost answer leaves two pipelined
             // batches marked sent, and the first look took one): resend them.
+            // Meanwhile the pull starts: its page is applied only after the
+            // answer, and dropped if there is more to push.
             if ops.is_empty()
                 && let Some(answer) = answered.take()
             {
                 let s = store.clone();
-                ops = blocking(move || {
+                let settle = blocking(move || {
                     let mut store = lock(&s);
                     store.apply_push(&answer.results)?;
                     store.next_batch(PUSH_BATCH)
-                })
-                .await?;
+                });
+                let (next, page) = tokio::join!(settle, pull(since));
+                ops = next?;
                 ops.retain(|op| !pushed.contains(&op.op_id()));
+                first_page = ops.is_empty().then_some(page);
                 self.publish();
             }
         }
         // Pulled the same way: a page is applied while the next is fetched.
-        let pull = |since: i64| {
-            self.authed(move |token| {
-                let (http, server) = (http.clone(), server.clone());
-                async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
-            })
+        let mut page = match first_page {
+            Some(page) => page?,
+            None => pull(since).await?,
         };
-        let s = store.clone();
-        let mut since = blocking(move || lock(&s).cursor()).await?;
-        let mut page = pull(since).await?;
         loop {
             let more = page.more && page.cursor > since;
             since = page.cursor;
