@@ -26,6 +26,7 @@
 //! `cargo bench -p latchkey-client --bench engine [-- OPTIONS]`, options:
 //! `--only restore|save|sync|store` (comma-separated), `--restores N`
 //! (default 200), `--saves N` (default 3000), `--notes N` (default 10000),
+//! `--rounds N` (sync rounds, default 3; the medians are the figures),
 //! `--no-keyring` (skip the Secret Service run). The server binary is
 //! built with `cargo build --release -p latchkey-server` unless
 //! `LATCHKEY_SERVER_BIN` names one. `cargo test --benches` builds this and
@@ -107,7 +108,7 @@ fn main() -> ExitCode {
         rt.block_on(save(&bin, opts.saves));
     }
     if opts.sync {
-        rt.block_on(sync(&bin, opts.notes));
+        rt.block_on(sync(&bin, opts.notes, opts.rounds));
     }
     if opts.store {
         println!(
@@ -130,6 +131,7 @@ struct Options {
     restores: usize,
     saves: usize,
     notes: usize,
+    rounds: usize,
 }
 
 impl Options {
@@ -143,6 +145,7 @@ impl Options {
             restores: 200,
             saves: 3000,
             notes: 10_000,
+            rounds: 3,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -176,6 +179,7 @@ impl Options {
                 "--restores" => o.restores = value("--restores")?,
                 "--saves" => o.saves = value("--saves")?,
                 "--notes" => o.notes = value("--notes")?,
+                "--rounds" => o.rounds = value("--rounds")?.max(1),
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -905,17 +909,55 @@ fn store_breakdown(notes: &[(String, String)]) {
     );
 }
 
-async fn sync(bin: &Path, n: usize) {
-    println!("\n## sync: reconnect with {n} notes saved offline, loopback");
+async fn sync(bin: &Path, n: usize, rounds: usize) {
+    println!("\n## sync: reconnect with {n} notes saved offline, loopback, {rounds} rounds");
     let server = Server::start(bin);
-    let url = server.url();
     let notes = offline_notes(n);
     let bytes: usize = notes.iter().map(|(t, b)| t.len() + b.len()).sum();
     println!("  {n} notes, {:.1} MB of title + body", bytes as f64 / 1e6);
+    // Each round: (b), the baseline, (a), each for a fresh user, so that a
+    // drift of the machine's speed hits all three alike.
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    for round in 1..=rounds {
+        println!("\n### round {round}");
+        let r = sync_round(&server, &notes, round).await;
+        for (all, x) in ratios.iter_mut().zip(r) {
+            all.push(x);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}x"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("\n### speed-up over one op per request, median of {rounds} rounds (all, sorted)");
+    for (label, v) in [
+        "(b) to the end of the sync",
+        "(b) to pending 0",
+        "(a) to pending 0",
+    ]
+    .iter()
+    .zip(ratios.iter_mut())
+    {
+        let m = median(v);
+        println!("  {label}: {m:.1}x ({})", list(v));
+    }
+}
 
+/// One round of the sync bench; the speed-ups of (b) to the end of the
+/// sync, (b) to pending 0 and (a) to pending 0.
+async fn sync_round(server: &Server, notes: &[(String, String)], round: usize) -> [f64; 3] {
+    let n = notes.len();
+    let url = server.url();
     // (b) set_work_offline(false) + sync_now()
     let data_b = tempfile::tempdir().unwrap();
-    let (e, http) = offline_engine(&server, "sync-now", data_b.path(), &notes).await;
+    let (e, http) =
+        offline_engine(server, &format!("sync-now-{round}"), data_b.path(), notes).await;
     load("sync (b)");
     let mut rx = e.subscribe();
     let drained = tokio::spawn(async move {
@@ -947,15 +989,16 @@ async fn sync(bin: &Path, n: usize) {
     );
     println!("      first request sent after {}", ms(first));
     drop(e);
-    verify_on_server(&url, "sync-now", &notes).await;
+    verify_on_server(&url, &format!("sync-now-{round}"), notes).await;
 
     // The baseline: the same ops, one per request, for a fresh user.
-    server.add_user("one-by-one");
+    let one_by_one = format!("one-by-one-{round}");
+    server.add_user(&one_by_one);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()
         .unwrap();
-    let token = password_token(&client, &url, "one-by-one").await;
+    let token = password_token(&client, &url, &one_by_one).await;
     load("baseline");
     let t0 = Instant::now();
     for (i, (title, body)) in notes.iter().enumerate() {
@@ -986,11 +1029,17 @@ async fn sync(bin: &Path, n: usize) {
         t_base.as_secs_f64(),
         ms(t_base / n as u32)
     );
-    verify_on_server(&url, "one-by-one", &notes).await;
+    verify_on_server(&url, &one_by_one, notes).await;
 
     // (a) set_work_offline(false) alone: the engine's own reconnect.
     let data_a = tempfile::tempdir().unwrap();
-    let (e, http) = offline_engine(&server, "sync-switch", data_a.path(), &notes).await;
+    let (e, http) = offline_engine(
+        server,
+        &format!("sync-switch-{round}"),
+        data_a.path(),
+        notes,
+    )
+    .await;
     load("sync (a)");
     let t0 = Instant::now();
     e.set_work_offline(false);
@@ -1029,7 +1078,7 @@ async fn sync(bin: &Path, n: usize) {
         done.as_secs_f64()
     );
     drop(e);
-    verify_on_server(&url, "sync-switch", &notes).await;
+    verify_on_server(&url, &format!("sync-switch-{round}"), notes).await;
 
     let x = |d: Duration| t_base.as_secs_f64() / d.as_secs_f64();
     println!(
@@ -1038,4 +1087,5 @@ async fn sync(bin: &Path, n: usize) {
         x(t_b),
         x(t_pending)
     );
+    [x(t_b), x(t_b_pending), x(t_pending)]
 }

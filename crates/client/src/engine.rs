@@ -188,6 +188,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Push answers being applied, one after another, behind the pushes.
+type Applying<'a> = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -1131,9 +1134,11 @@ impl Inner {
         let store = self.store()?;
         let t = self.timeouts();
         let http = self.http.clone();
-        // Pipelined: while one batch is on the wire, the previous answer is
-        // applied and the next batch prepared (unsent ops only: the batch in
-        // flight is already marked sent). Ops marked sent whose answer never
+        // Pipelined: while one batch is on the wire the next is prepared
+        // (unsent ops only: the batch in flight is already marked sent) and
+        // answers are applied, in order, behind the pushes: a batch goes as
+        // soon as the answer before it is in and it is ready, whether or not
+        // that answer is applied yet. Ops marked sent whose answer never
         // comes are sent again, first, by the next sync.
         let (http, server) = (&http, &server);
         let push = |ops: Vec<Op>| {
@@ -1149,13 +1154,23 @@ impl Inner {
                 async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
             })
         };
+        let apply = |answer: PushResponse| {
+            let s = store.clone();
+            async move {
+                blocking(move || lock(&s).apply_push(&answer.results)).await?;
+                self.publish();
+                Ok(())
+            }
+        };
         let s = store.clone();
         let (mut ops, mut since) = blocking(move || {
             let mut store = lock(&s);
             Ok((store.next_batch(PUSH_BATCH)?, store.cursor()?))
         })
         .await?;
-        let mut answered: Option<PushResponse> = None;
+        // The answers received and not yet applied, as one future.
+        let mut applying: Applying<'_> = Box::pin(std::future::ready(Ok(())));
+        let mut applied = true;
         // Every op this sync pushed, so none is sent twice by it.
         let mut pushed = std::collections::HashSet::new();
         // The first pull page, fetched while the last push answer is applied.
@@ -1163,17 +1178,42 @@ impl Inner {
         while !ops.is_empty() {
             pushed.extend(ops.iter().map(Op::op_id));
             let s = store.clone();
-            let prepare = async {
-                if let Some(answer) = answered.take() {
-                    let s = s.clone();
-                    blocking(move || lock(&s).apply_push(&answer.results)).await?;
-                    self.publish();
+            let prepare = blocking(move || lock(&s).next_unsent_batch(PUSH_BATCH));
+            let mut both = std::pin::pin!(async { tokio::join!(push(ops), prepare) });
+            let (answer, next) = loop {
+                // Biased: the next batch is taken before an answer is
+                // applied, so that it is ready when this push returns.
+                tokio::select! {
+                    biased;
+                    r = &mut both => break r,
+                    r = &mut applying, if !applied => {
+                        applied = true;
+                        r?;
+                    }
                 }
-                blocking(move || lock(&s).next_unsent_batch(PUSH_BATCH)).await
             };
-            let (answer, next) = tokio::join!(push(ops), prepare);
-            answered = Some(answer?);
-            ops = next?;
+            let answer = match answer.and_then(|a| next.map(|n| (a, n))) {
+                Ok((answer, next)) => {
+                    ops = next;
+                    answer
+                }
+                Err(e) => {
+                    // What was answered is applied before the sync ends.
+                    if !applied {
+                        applying.await?;
+                    }
+                    return Err(e);
+                }
+            };
+            let before = std::mem::replace(&mut applying, Box::pin(std::future::ready(Ok(()))));
+            let wait = !applied;
+            applying = Box::pin(async move {
+                if wait {
+                    before.await?;
+                }
+                apply(answer).await
+            });
+            applied = false;
             // The last answer can give edits queued behind its ops their
             // base: apply it and look again, so that a sync leaves nothing
             // it could have sent. Nothing is in flight now, so ops still
@@ -1181,21 +1221,20 @@ impl Inner {
             // was lost before it (a lost answer leaves two pipelined
             // batches marked sent, and the first look took one): resend them.
             // Meanwhile the pull starts: its page is applied only after the
-            // answer, and dropped if there is more to push.
-            if ops.is_empty()
-                && let Some(answer) = answered.take()
-            {
+            // answers, and dropped if there is more to push.
+            if ops.is_empty() {
+                let settled =
+                    std::mem::replace(&mut applying, Box::pin(std::future::ready(Ok(()))));
+                applied = true;
                 let s = store.clone();
-                let settle = blocking(move || {
-                    let mut store = lock(&s);
-                    store.apply_push(&answer.results)?;
-                    store.next_batch(PUSH_BATCH)
-                });
+                let settle = async {
+                    settled.await?;
+                    blocking(move || lock(&s).next_batch(PUSH_BATCH)).await
+                };
                 let (next, page) = tokio::join!(settle, pull(since));
                 ops = next?;
                 ops.retain(|op| !pushed.contains(&op.op_id()));
                 first_page = ops.is_empty().then_some(page);
-                self.publish();
             }
         }
         // Pulled the same way: a page is applied while the next is fetched.
