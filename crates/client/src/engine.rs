@@ -191,6 +191,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Push answers being applied, one after another, behind the pushes.
 type Applying<'a> = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
+fn nothing_to_apply<'a>() -> Applying<'a> {
+    Box::pin(std::future::ready(Ok(())))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -1168,8 +1172,9 @@ impl Inner {
             Ok((store.next_batch(PUSH_BATCH)?, store.cursor()?))
         })
         .await?;
-        // The answers received and not yet applied, as one future.
-        let mut applying: Applying<'_> = Box::pin(std::future::ready(Ok(())));
+        // The answers received and not yet applied, as one future (never
+        // one that has finished: that is replaced by `nothing_to_apply`).
+        let mut applying = nothing_to_apply();
         let mut applied = true;
         // Every op this sync pushed, so none is sent twice by it.
         let mut pushed = std::collections::HashSet::new();
@@ -1188,6 +1193,7 @@ impl Inner {
                     r = &mut both => break r,
                     r = &mut applying, if !applied => {
                         applied = true;
+                        applying = nothing_to_apply();
                         r?;
                     }
                 }
@@ -1199,18 +1205,13 @@ impl Inner {
                 }
                 Err(e) => {
                     // What was answered is applied before the sync ends.
-                    if !applied {
-                        applying.await?;
-                    }
+                    applying.await?;
                     return Err(e);
                 }
             };
-            let before = std::mem::replace(&mut applying, Box::pin(std::future::ready(Ok(()))));
-            let wait = !applied;
+            let before = std::mem::replace(&mut applying, nothing_to_apply());
             applying = Box::pin(async move {
-                if wait {
-                    before.await?;
-                }
+                before.await?;
                 apply(answer).await
             });
             applied = false;
@@ -1223,8 +1224,7 @@ impl Inner {
             // Meanwhile the pull starts: its page is applied only after the
             // answers, and dropped if there is more to push.
             if ops.is_empty() {
-                let settled =
-                    std::mem::replace(&mut applying, Box::pin(std::future::ready(Ok(()))));
+                let settled = std::mem::replace(&mut applying, nothing_to_apply());
                 applied = true;
                 let s = store.clone();
                 let settle = async {
