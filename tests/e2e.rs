@@ -298,6 +298,22 @@ async fn wait_text(c: &Client, id: &str, want: &str, secs: u64) -> Duration {
     }
 }
 
+/// Polls until `id`'s text contains `want`; a failure says what it showed.
+async fn wait_contains(c: &Client, id: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = text(c, id).await;
+        if got.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} is {got:?}, expected it to contain {want:?} within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_until<F, Fut>(what: &str, secs: u64, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -392,18 +408,12 @@ fn inner_real_window() {
 
         // 6a. a wrong password: a sentence, no crash
         sign_in(&c, &url, "rita", "wrong-password").await;
-        wait_until("the wrong-password sentence", 10, || async {
-            text(&c, "login-error").await.contains("wrong")
-        })
-        .await;
+        wait_contains(&c, "login-error", "wrong", 10).await;
         shot(&c, "02-wrong-password").await;
         // 6b. an unreachable server
         let dead = format!("http://127.0.0.1:{}", free_port());
         sign_in(&c, &dead, "rita", PW).await;
-        wait_until("the unreachable sentence", 15, || async {
-            text(&c, "login-error").await.contains("cannot be reached")
-        })
-        .await;
+        wait_contains(&c, "login-error", "cannot be reached", 15).await;
         shot(&c, "03-unreachable").await;
 
         // 1. sign in, two notes, on the server
@@ -566,10 +576,7 @@ fn inner_no_keychain() {
         let driver = Driver::start();
         let c = launch(&driver, &wrapper).await;
         sign_in(&c, &server.url(), "sam", PW).await;
-        wait_until("the keychain sentence", 20, || async {
-            text(&c, "login-error").await.contains("keychain")
-        })
-        .await;
+        wait_contains(&c, "login-error", "keychain", 20).await;
         shot(&c, "10-no-keychain").await;
         assert!(visible(&c, "login-submit").await);
         quit(c, work.path()).await;
