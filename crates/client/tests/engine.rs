@@ -270,6 +270,51 @@ async fn fifty_concurrent_calls_with_an_expired_token_share_one_refresh() {
     assert_eq!(http.count("refresh") - before, 1, "exactly one refresh");
 }
 
+/// The server's signing key rotated while the app ran: the refreshed token
+/// names a key the app has not cached, so it fetches the JWKS once, keeps
+/// the session, and a restart with no network verifies with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_signing_key_is_fetched_once_and_kept_for_offline() {
+    let mut server = TestServer::start(&["--access-ttl", "2s"]);
+    server.add_user("kim", PW);
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, http) = (MemoryVault::new(), TestHttp::new());
+    let e = signed_in(&server, dir.path(), &vault, &http, "kim").await;
+    e.set_work_offline(true); // keep the background loop quiet
+    let kid_in_vault = || {
+        let entry: latchkey_client::VaultEntry =
+            serde_json::from_str(&vault.raw(&vault.accounts()[0]).unwrap()).unwrap();
+        latchkey_protocol::KeySet::token_kid(&entry.access_token).unwrap()
+    };
+    let old_kid = kid_in_vault();
+    let out = server.cli(&["keys", "rotate"], None);
+    assert!(out.status.success(), "keys rotate failed");
+    // The running server signs with the new key within ~1 s; each refresh
+    // (after the 2 s token expired) shows which key signed it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while kid_in_vault() == old_kid {
+        assert!(std::time::Instant::now() < deadline, "still the old key");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        e.set_work_offline(false);
+        let jwks_before = http.count(".well-known/jwks.json");
+        e.confirm_session().await.expect("the session survives");
+        e.set_work_offline(true);
+        let fetched = http.count(".well-known/jwks.json") - jwks_before;
+        let rotated = kid_in_vault() != old_kid;
+        assert_eq!(
+            fetched,
+            usize::from(rotated),
+            "the JWKS fetched once, only for a new key"
+        );
+    }
+    assert_ne!(e.status().state, SessionState::SignedOut);
+    drop(e);
+
+    server.stop();
+    let e = engine(dir.path(), &vault, &http).await;
+    assert_eq!(e.status().state, SessionState::Offline);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_refresh_response_does_not_end_the_session() {
     let server = TestServer::start(&["--access-ttl", "2s"]);
