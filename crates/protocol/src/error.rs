@@ -25,6 +25,13 @@ pub enum ErrorCode {
     RequestTooLarge,
     /// Something failed on the server; never caused by the request's content.
     ServerError,
+    /// A pull cursor beyond the user's latest rev (a server restored from an
+    /// older backup, 409): pull from 0 and queue again what the server lacks.
+    CursorAhead,
+    /// The server cannot take the request now (its store is unreachable, or
+    /// too many sign-ins wait for the password hasher): 503 with
+    /// `Retry-After`. A client treats it like a network error.
+    TemporarilyUnavailable,
     /// A code this version does not know (a newer server).
     #[serde(other)]
     Unknown,
@@ -43,6 +50,8 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTooLarge => "request_too_large",
             Self::ServerError => "server_error",
+            Self::CursorAhead => "cursor_ahead",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::Unknown => "unknown",
         }
     }

@@ -17,6 +17,26 @@ pub const MAX_PULL_LIMIT: u32 = 1000;
 /// A pull page stops early once it holds about this many bytes of notes.
 pub const PULL_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// A push answer carries `server_note`s until their JSON passes this many
+/// bytes; later ones are left out (PROTOCOL.md v1.1, "Sync edge cases").
+pub const MAX_PUSH_ANSWER_NOTES_BYTES: usize = 8 * 1024 * 1024;
+/// A conflict copy's title keeps at most this many bytes of the original.
+pub const CONFLICT_COPY_TITLE_BYTES: usize = 4080;
+/// What a conflict copy's title ends with.
+pub const CONFLICT_COPY_SUFFIX: &str = " (conflict copy)";
+
+/// The title of a conflict copy of a note titled `title`: cut on a
+/// character boundary to at most [`CONFLICT_COPY_TITLE_BYTES`], then the
+/// suffix, so that it always fits [`MAX_TITLE_BYTES`] and the copy can be
+/// edited and pushed again.
+pub fn conflict_copy_title(title: &str) -> String {
+    let mut end = title.len().min(CONFLICT_COPY_TITLE_BYTES);
+    while !title.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CONFLICT_COPY_SUFFIX}", &title[..end])
+}
+
 /// The body of a push.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRequest {
@@ -151,4 +171,30 @@ pub struct PullResponse {
     pub changes: Vec<Change>,
     pub cursor: i64,
     pub more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_copy_title_always_fits() {
+        assert_eq!(conflict_copy_title("Plan"), "Plan (conflict copy)");
+        let long = "x".repeat(MAX_TITLE_BYTES);
+        let copy = conflict_copy_title(&long);
+        assert_eq!(
+            copy.len(),
+            CONFLICT_COPY_TITLE_BYTES + CONFLICT_COPY_SUFFIX.len()
+        );
+        assert!(copy.len() <= MAX_TITLE_BYTES);
+        // A four-byte character across the cut is left out whole.
+        let mut wide = "y".repeat(CONFLICT_COPY_TITLE_BYTES - 2);
+        wide.push('🦀');
+        let copy = conflict_copy_title(&wide);
+        assert!(copy.starts_with(&"y".repeat(CONFLICT_COPY_TITLE_BYTES - 2)));
+        assert_eq!(
+            copy.len(),
+            CONFLICT_COPY_TITLE_BYTES - 2 + CONFLICT_COPY_SUFFIX.len()
+        );
+    }
 }
