@@ -704,7 +704,12 @@ impl Inner {
         // Fail before sending the password when there is nowhere safe to keep the session.
         let vault = self.vault.clone();
         let account = account_name(&server, username);
-        let existing = blocking(move || vault.load(&account)).await?;
+        let existing = blocking(move || {
+            let existing = vault.load(&account)?;
+            vault.ready_to_store()?;
+            Ok(existing)
+        })
+        .await?;
         if let Some(old) = existing.as_deref().and_then(VaultEntry::from_json)
             && old.revoke_pending
         {

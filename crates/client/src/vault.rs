@@ -103,6 +103,13 @@ pub trait Vault: Send + Sync + 'static {
     fn store(&self, account: &str, secret: &str) -> Result<()>;
     /// Deleting what is not there is fine.
     fn delete(&self, account: &str) -> Result<()>;
+    /// Makes sure a [`Vault::store`] can succeed now, before a sign-in sends
+    /// the password: a locked keychain is asked to unlock (the desktop shows
+    /// its own prompt), and one that stays locked or is absent is
+    /// [`Error::KeychainUnavailable`] at once.
+    fn ready_to_store(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The OS keychain, through `keyring`.
