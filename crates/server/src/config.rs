@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::proxy::{Cidr, TrustedProxies};
+
 /// The Latchkey auth + sync server.
 #[derive(Debug, Parser)]
 #[command(name = "latchkey-server", version, about)]
@@ -78,6 +80,21 @@ pub struct ServeArgs {
     /// cross the network in clear: only behind a TLS-terminating proxy).
     #[arg(long, env = "LATCHKEY_INSECURE_HTTP", value_parser = BoolishValueParser::new())]
     pub insecure_http: bool,
+    /// A proxy (load balancer) whose X-Forwarded-For names the client, as
+    /// an address block (10.0.0.0/8, fd00::/8) or one address. Repeatable;
+    /// the variable takes a comma-separated list, used when no flag is given.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "LATCHKEY_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+    /// Sign-ins that may wait for (or run in) the password hasher at once;
+    /// past it they are answered 503 [default: 16 per hashing thread, at
+    /// least 64].
+    #[arg(long, env = "LATCHKEY_HASH_QUEUE", value_name = "N")]
+    pub hash_queue: Option<usize>,
 }
 
 impl ServeArgs {
@@ -100,12 +117,32 @@ impl ServeArgs {
                 self.addr
             ));
         }
+        self.trusted_proxies()?;
+        if self.hash_queue == Some(0) {
+            return Err("--hash-queue must be at least 1".into());
+        }
         if let Some(issuer) = &self.issuer
             && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
         {
             return Err("--issuer must be an http:// or https:// URL".into());
         }
         Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// The parsed `--trusted-proxy` blocks, or a sentence saying which one
+    /// is wrong.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, String> {
+        self.trusted_proxy
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| {
+                c.parse::<Cidr>()
+                    .map_err(|e| format!("--trusted-proxy: {e}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The server's one error type. Every failure leaves through
 //! [`AppError::into_response`]: the protocol's error body, the right status,
-//! `WWW-Authenticate` on a 401, `Retry-After` on a 429, and for a 5xx a
-//! generic body while the cause goes to the log.
+//! `WWW-Authenticate` on a 401, `Retry-After` on a 429 and a 503, and for an
+//! internal failure a generic body while the cause goes to the log.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +41,13 @@ pub enum AppError {
     /// Too many failed sign-ins.
     #[error("too many failed sign-in attempts; try again in {retry_after} seconds")]
     SlowDown { retry_after: u64 },
+    /// A pull from a cursor past the user's latest rev (a server restored
+    /// from an older backup).
+    #[error("the cursor {since} is ahead of the latest change ({latest}); pull again from 0")]
+    CursorAhead { since: i64, latest: i64 },
+    /// Too many sign-ins already wait for the password hasher.
+    #[error("the server is busy; try again in {retry_after} seconds")]
+    TemporarilyUnavailable { retry_after: u64 },
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -76,6 +83,8 @@ impl AppError {
             AppError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
             AppError::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::CursorAhead { .. } => StatusCode::CONFLICT,
+            AppError::TemporarilyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,6 +101,8 @@ impl AppError {
             AppError::UnsupportedGrantType(_) => ErrorCode::UnsupportedGrantType,
             AppError::InvalidToken { .. } => ErrorCode::InvalidToken,
             AppError::SlowDown { .. } => ErrorCode::SlowDown,
+            AppError::CursorAhead { .. } => ErrorCode::CursorAhead,
+            AppError::TemporarilyUnavailable { .. } => ErrorCode::TemporarilyUnavailable,
             AppError::NotFound => ErrorCode::NotFound,
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             AppError::Internal(_) => ErrorCode::ServerError,
@@ -141,7 +152,8 @@ impl IntoResponse for AppError {
                 };
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
             }
-            AppError::SlowDown { retry_after } => {
+            AppError::SlowDown { retry_after }
+            | AppError::TemporarilyUnavailable { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}

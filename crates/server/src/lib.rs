@@ -10,6 +10,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod keys;
+pub mod proxy;
 pub mod server;
 pub mod sessions;
 pub mod state;

@@ -22,6 +22,8 @@ pub async fn build_state(args: &ServeArgs, issuer: String) -> anyhow::Result<App
         access_ttl: args.access_ttl.as_secs(),
         refresh_ttl: args.refresh_ttl.as_secs(),
         leeway: args.leeway.as_secs(),
+        trusted_proxies: args.trusted_proxies().map_err(anyhow::Error::msg)?,
+        hash_queue: args.hash_queue,
     };
     AppState::new(settings, store).await
 }
@@ -74,6 +76,7 @@ impl Server {
         let app = crate::http::router(state.clone());
         let (shutdown, rx) = watch::channel(false);
         tokio::spawn(upkeep(state.clone(), rx.clone()));
+        tokio::spawn(prune_ops(state.clone(), rx.clone()));
         let task = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
                 let _ = rustls::crypto::ring::default_provider().install_default();
@@ -161,6 +164,30 @@ async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
             && let Err(e) = state.prune().await
         {
             tracing::warn!(error = %format!("{e:#}"), "pruning failed");
+        }
+    }
+}
+
+/// How often old op results are pruned.
+const OP_PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Prunes old op results (see [`AppState::prune_ops`]) now and then, in its
+/// own task so that a long prune never delays the revocation polling.
+async fn prune_ops(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(OP_PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            pruned = state.prune_ops(crate::now()) => match pruned {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(ops = n, "pruned old op results"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "pruning op results failed"),
+            },
         }
     }
 }

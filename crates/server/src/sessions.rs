@@ -1,6 +1,11 @@
 //! Session checks on every authenticated request, kept cheap: sessions are
 //! cached in memory, revocations made here are applied at once, and those
 //! made by another process on the same database are polled (every 250 ms).
+//!
+//! Both caches are bounded: entries past their time are pruned, and a full
+//! cache drops those that end soonest. That loses nothing: the database
+//! holds every session and its revocation, and a session not in the cache
+//! is read from it again.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -8,16 +13,26 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use latchkey_protocol::Reason;
 
+use crate::auth::evict_soonest;
 use crate::error::AppError;
 use crate::store::{SessionRecord, Store};
 
-#[derive(Default)]
 pub struct Sessions {
     live: RwLock<HashMap<String, SessionRecord>>,
     /// Revoked session ids, with when we learnt of it (to forget them once
     /// no access token of theirs can be valid).
     revoked: RwLock<HashMap<String, (Reason, i64)>>,
     last_seq: AtomicI64,
+    /// The most entries each map keeps.
+    max: usize,
+}
+
+const SESSIONS_MAX: usize = 100_000;
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::with_capacity(SESSIONS_MAX)
+    }
 }
 
 impl Sessions {
@@ -26,6 +41,32 @@ impl Sessions {
         s.last_seq
             .store(store.last_revocation().await?, Ordering::SeqCst);
         Ok(s)
+    }
+
+    /// Caches of at most `max` sessions and `max` revocations.
+    pub fn with_capacity(max: usize) -> Self {
+        Self {
+            live: RwLock::default(),
+            revoked: RwLock::default(),
+            last_seq: AtomicI64::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// Sessions and revocations cached now.
+    pub fn cached(&self) -> (usize, usize) {
+        (
+            self.live.read().unwrap_or_else(|p| p.into_inner()).len(),
+            self.revoked.read().unwrap_or_else(|p| p.into_inner()).len(),
+        )
+    }
+
+    fn cache_live(&self, session: SessionRecord) -> SessionRecord {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.len() >= self.max && !live.contains_key(&session.id) {
+            evict_soonest(&mut live, self.max - self.max / 4, |s| s.expires_at);
+        }
+        live.entry(session.id.clone()).or_insert(session).clone()
     }
 
     /// The session of a verified token, or why it is no longer good.
@@ -62,12 +103,7 @@ impl Sessions {
                     self.mark_revoked(sid, reason, now);
                     return Err(revoked_error(reason));
                 }
-                self.live
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(sid.to_owned())
-                    .or_insert(s)
-                    .clone()
+                self.cache_live(s)
             }
         };
         // A revocation may have landed between the two looks above.
@@ -90,18 +126,20 @@ impl Sessions {
 
     /// Remembers a new session (saves the first request a database read).
     pub fn insert(&self, session: SessionRecord) {
-        self.live
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session.id.clone(), session);
+        self.cache_live(session);
     }
 
     /// Applies a revocation to every later request.
     pub fn mark_revoked(&self, sid: &str, reason: Reason, now: i64) {
-        self.revoked
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sid.to_owned(), (reason, now));
+        {
+            let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+            if revoked.len() >= self.max && !revoked.contains_key(sid) {
+                // The oldest revocations go first: a session not found here
+                // is read from the database, which says it is revoked.
+                evict_soonest(&mut revoked, self.max - self.max / 4, |(_, at)| *at);
+            }
+            revoked.insert(sid.to_owned(), (reason, now));
+        }
         self.live
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -140,4 +178,53 @@ fn revoked_error(reason: Reason) -> AppError {
         _ => "the session has been revoked",
     };
     AppError::invalid_token(description, Some(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, expires_at: i64) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            user_id: "u".into(),
+            username: "ann".into(),
+            created_at: 0,
+            expires_at,
+            revoked: None,
+        }
+    }
+
+    #[test]
+    fn the_caches_stay_within_their_bound() {
+        let s = Sessions::with_capacity(100);
+        for i in 0..10_000 {
+            s.insert(session(&format!("s{i}"), 1_000 + i));
+            s.mark_revoked(&format!("r{i}"), Reason::Revoked, i);
+            let (live, revoked) = s.cached();
+            assert!(live <= 100 && revoked <= 100, "{live} {revoked}");
+        }
+        // What is kept is what ends last, and the latest revocations.
+        let live = s.live.read().unwrap();
+        assert!(live.contains_key("s9999"));
+        assert!(!live.contains_key("s0"));
+        let revoked = s.revoked.read().unwrap();
+        assert!(revoked.contains_key("r9999"));
+        assert!(!revoked.contains_key("r0"));
+    }
+
+    #[test]
+    fn sessions_past_their_end_and_old_revocations_are_pruned() {
+        let s = Sessions::with_capacity(100);
+        s.insert(session("ends", 1_000));
+        s.insert(session("stays", 5_000));
+        s.mark_revoked("old", Reason::Revoked, 100);
+        s.mark_revoked("recent", Reason::Reused, 200);
+        // Access tokens live 900 s, plus at most 60 s of leeway: 960 s.
+        s.prune(1_100, 900);
+        let live = s.live.read().unwrap();
+        assert!(!live.contains_key("ends") && live.contains_key("stays"));
+        let revoked = s.revoked.read().unwrap();
+        assert!(!revoked.contains_key("old") && revoked.contains_key("recent"));
+    }
 }

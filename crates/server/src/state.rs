@@ -5,17 +5,22 @@ use std::sync::Arc;
 
 use crate::auth::{Hasher, VerifiedTokens};
 use crate::keys::Keys;
+use crate::proxy::TrustedProxies;
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::throttle::Throttle;
 
-/// Token settings, in seconds.
+/// What `serve` was told: token lifetimes (seconds), proxies, bounds.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub issuer: String,
     pub access_ttl: u64,
     pub refresh_ttl: u64,
     pub leeway: u64,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// How many sign-ins may wait for the hasher; None: the default.
+    pub hash_queue: Option<usize>,
 }
 
 pub struct Inner {
@@ -36,7 +41,8 @@ impl AppState {
         let now = crate::now();
         let keys = Keys::load(store.as_ref(), now, settings.access_ttl).await?;
         let sessions = Sessions::new(store.as_ref()).await?;
-        let hasher = tokio::task::spawn_blocking(Hasher::new).await??;
+        let queue = settings.hash_queue;
+        let hasher = tokio::task::spawn_blocking(move || Hasher::new(queue)).await??;
         Ok(Self(Arc::new(Inner {
             settings,
             store,
@@ -64,15 +70,40 @@ impl AppState {
         Ok(())
     }
 
-    /// Slower upkeep: drop retired keys and sessions past their time.
+    /// Slower upkeep: drop retired keys, and cached sessions, tokens and
+    /// throttling windows past their time.
     pub async fn prune(&self) -> anyhow::Result<()> {
         let now = crate::now();
         self.sessions.prune(now, self.settings.access_ttl);
-        // Expired tokens leave the cache too (they would fail the time check anyway).
-        self.verified.clear();
+        self.verified.prune(now, self.settings.leeway);
+        self.throttle.prune(now);
         self.keys
             .reload(self.store.as_ref(), now, self.settings.access_ttl)
             .await
+    }
+}
+
+/// Op results deleted per transaction when pruning, so that pushes wait
+/// at most one short batch.
+pub const OP_PRUNE_BATCH: usize = 1_000;
+
+impl AppState {
+    /// Deletes the op results older than the refresh-token lifetime, in
+    /// batches; returns how many went. The session that sent such an op has
+    /// ended, so its resend can only come from a client that kept it queued
+    /// past that: it is then applied as a new op, which conflicts (its base
+    /// rev is gone) and keeps its text in a conflict copy.
+    pub async fn prune_ops(&self, now: i64) -> anyhow::Result<usize> {
+        let before = now.saturating_sub(self.settings.refresh_ttl as i64);
+        let mut total = 0;
+        loop {
+            let n = self.store.prune_ops(before, OP_PRUNE_BATCH).await?;
+            total += n;
+            if n < OP_PRUNE_BATCH {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 

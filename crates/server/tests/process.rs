@@ -346,6 +346,25 @@ impl Server {
         .await
     }
 
+    /// A sign-in as a proxy would pass it on, with `X-Forwarded-For`.
+    async fn login_via(&self, xff: &str, name: &str, pw: &str) -> Resp {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "password"),
+                ("username", name),
+                ("password", pw),
+            ])
+            .finish();
+        self.send(
+            self.http
+                .post(self.url("/v1/auth/token"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-forwarded-for", xff)
+                .body(body),
+        )
+        .await
+    }
+
     async fn refresh(&self, rt: &str) -> Resp {
         self.form(
             "/v1/auth/token",
@@ -882,17 +901,155 @@ async fn refresh_token_reuse_and_the_retry_exception() {
     let r = srv.refresh(&s(&t2, "refresh_token")).await;
     r.err(400, "invalid_grant");
 
-    // Retry: R0 -> R1 (answer lost), R0 again -> R2; R1 is just unknown.
+    // Retry: R0 -> R1 (answer lost), R0 again -> R2, and the session goes on.
     let t0 = srv.login(&name, &pw).await.ok().clone();
     let lost = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
     let t2 = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
     assert_eq!(t2["session_id"], t0["session_id"]);
-    let r = srv.refresh(&s(&lost, "refresh_token")).await;
-    r.err(400, "invalid_grant");
-    assert_eq!(r.body["reason"], "invalid");
+    assert_ne!(t2["refresh_token"], lost["refresh_token"]);
     srv.session(&s(&t2, "access_token")).await.ok();
     let t3 = srv.refresh(&s(&t2, "refresh_token")).await.ok().clone();
     srv.session(&s(&t3, "access_token")).await.ok();
+
+    // v1.1: the retired R1 presented later is reuse: the session ends.
+    let t0 = srv.login(&name, &pw).await.ok().clone();
+    let lost = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    let t2 = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    let r = srv.refresh(&s(&lost, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "reused");
+    srv.refresh(&s(&t2, "refresh_token"))
+        .await
+        .err(400, "invalid_grant");
+    for t in [&t0, &lost, &t2] {
+        let r = srv.session(&s(t, "access_token")).await;
+        r.unauthorized();
+        assert_eq!(r.body["reason"], "reused");
+    }
+
+    // A thief replays the spent R0 within 60 s while the client holds R1:
+    // the thief gets R2, the client's R1 then ends the session for both.
+    let t0 = srv.login(&name, &pw).await.ok().clone();
+    let client = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    let thief = srv.refresh(&s(&t0, "refresh_token")).await.ok().clone();
+    let r = srv.refresh(&s(&client, "refresh_token")).await;
+    assert_eq!(r.body["reason"], "reused");
+    srv.refresh(&s(&thief, "refresh_token"))
+        .await
+        .err(400, "invalid_grant");
+    srv.session(&s(&thief, "access_token")).await.unauthorized();
+}
+
+// ------------------------------------------------------------ v1.1 sync
+
+#[tokio::test]
+async fn a_pull_from_a_cursor_ahead_of_the_server_is_409_cursor_ahead() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    let at = s(srv.login(&name, &pw).await.ok(), "access_token");
+    srv.push_ok(&at, vec![upsert(&uuid(), &uuid(), 0, "t", "b")])
+        .await;
+    // As after a restore from an older backup: the client's cursor is ahead.
+    let r = srv.get("/v1/sync/pull?since=1000000000", Some(&at)).await;
+    r.err(409, "cursor_ahead");
+    // The latest rev itself is an ordinary empty page.
+    let p = srv.pull_ok(&at, "?since=1").await;
+    assert_eq!(p, json!({"changes": [], "cursor": 1, "more": false}));
+}
+
+// ------------------------------------------------ v1.1 proxies and limits
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_on_its_own() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--trusted-proxy",
+        "fd00::/8",
+    ]);
+    // 50 failures from 50 clients behind the proxy (all from 127.0.0.1)...
+    for i in 0..50 {
+        srv.login_via(&format!("198.51.100.{i}"), &name, "wrong")
+            .await
+            .err(400, "invalid_grant");
+    }
+    // ...do not block another client, nor do they block the address.
+    srv.login_via("203.0.113.5, 127.0.0.1", &name, &pw)
+        .await
+        .ok();
+    // The forwarded client is what is counted: ten failures from one.
+    for _ in 0..10 {
+        srv.login_via("198.51.100.200", &name, "wrong")
+            .await
+            .err(400, "invalid_grant");
+    }
+    srv.login_via("198.51.100.200", &name, &pw)
+        .await
+        .err(429, "slow_down");
+    srv.login_via("198.51.100.201", &name, &pw).await.ok();
+
+    // Without the flag, X-Forwarded-For changes nothing: the peer is counted.
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = env.start(&[]);
+    for i in 0..10 {
+        srv.login_via(&format!("198.51.100.{i}"), &name, "wrong")
+            .await
+            .err(400, "invalid_grant");
+    }
+    srv.login_via("203.0.113.5", &name, &pw)
+        .await
+        .err(429, "slow_down");
+
+    // The variable takes a comma-separated list.
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let srv = Server::start(
+        &env.db,
+        &[],
+        &[("LATCHKEY_TRUSTED_PROXY", "10.0.0.0/8,127.0.0.1")],
+    );
+    for _ in 0..10 {
+        srv.login_via("198.51.100.9", &name, "wrong")
+            .await
+            .err(400, "invalid_grant");
+    }
+    srv.login_via("198.51.100.10", &name, &pw).await.ok();
+}
+
+#[test]
+fn a_bad_trusted_proxy_is_one_clear_sentence() {
+    let env = Env::new();
+    for bad in ["10.0.0.0/33", "not-an-address", "fd00::/200"] {
+        let out = run(
+            &[
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--db",
+                env.db(),
+                "--trusted-proxy",
+                bad,
+            ],
+            None,
+        );
+        let err = assert_clean_failure(&out, bad);
+        assert_eq!(said(&err).len(), 1, "{err}");
+        assert!(
+            err.contains("--trusted-proxy") && err.contains(bad),
+            "{err}"
+        );
+        let out = run_env(
+            &["serve", "--addr", "127.0.0.1:0", "--db", env.db()],
+            None,
+            &[("LATCHKEY_TRUSTED_PROXY", &format!("127.0.0.1/32,{bad}"))],
+        );
+        let err = assert_clean_failure(&out, bad);
+        assert_eq!(said(&err).len(), 1, "{err}");
+    }
 }
 
 // ------------------------------------------------------- the CLI, live

@@ -18,6 +18,9 @@ use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
+#[cfg(doc)]
+use crate::proxy::TrustedProxies;
+use crate::state::AppState;
 
 /// Limit of a form-encoded auth request.
 pub const FORM_LIMIT: usize = 16 * 1024;
@@ -229,19 +232,23 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     }
 }
 
-/// The client's address, for throttling: the TCP peer (proxies' headers are
-/// not trusted).
+/// The client's address, for throttling: the TCP peer, or behind a trusted
+/// proxy the client its `X-Forwarded-For` names ([`TrustedProxies::client`]).
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip());
         Ok(ClientIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip()),
+            state.settings.trusted_proxies.client(peer, &parts.headers),
         ))
     }
 }

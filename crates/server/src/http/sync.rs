@@ -10,6 +10,7 @@ use super::extract::JsonBody;
 use crate::auth::Authed;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
+use crate::store::PullOutcome;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -53,10 +54,12 @@ async fn pull(
             _ => {}
         }
     }
-    Ok(Json(
-        state
-            .store
-            .pull(&authed.session.user_id, since, limit)
-            .await?,
-    ))
+    match state
+        .store
+        .pull(&authed.session.user_id, since, limit)
+        .await?
+    {
+        PullOutcome::Page(page) => Ok(Json(page)),
+        PullOutcome::CursorAhead { latest } => Err(AppError::CursorAhead { since, latest }),
+    }
 }

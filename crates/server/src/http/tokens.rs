@@ -110,11 +110,18 @@ async fn password_grant(
 ) -> Result<TokenResponse> {
     let attempt = state
         .throttle
-        .begin(username, ip, now)
+        .begin(username, ip)
+        .await
         .map_err(|retry_after| AppError::SlowDown { retry_after })?;
+    // The wait for attempts in flight may have taken a moment.
+    let now = now.max(crate::now());
+    let Ok(slot) = state.hasher.enter() else {
+        // No password was checked: this was no guess.
+        attempt.abandon();
+        return Err(AppError::TemporarilyUnavailable { retry_after: 1 });
+    };
     let user = state.store.find_user(username).await?;
-    let ok = state
-        .hasher
+    let ok = slot
         .verify(
             password.to_owned(),
             user.as_ref().map(|u| u.password_hash.clone()),
@@ -127,7 +134,7 @@ async fn password_grant(
             description: "the username or password is wrong",
         });
     };
-    state.throttle.succeeded(attempt);
+    attempt.succeeded();
     let refresh_token = random_token();
     let sid = uuid::Uuid::new_v4().to_string();
     let expires_at = now + state.settings.refresh_ttl as i64;

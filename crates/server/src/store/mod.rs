@@ -4,7 +4,8 @@
 mod sqlite;
 
 use async_trait::async_trait;
-use latchkey_protocol::{Op, PullResponse, PushResponse, Reason};
+use latchkey_protocol::sync::MAX_PUSH_ANSWER_NOTES_BYTES;
+use latchkey_protocol::{Op, OpResult, PullResponse, PushResponse, Reason};
 
 pub use sqlite::SqliteStore;
 
@@ -88,6 +89,78 @@ pub enum RefreshOutcome {
     Refused(Reason),
 }
 
+/// What a pull found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullOutcome {
+    /// A page of changes (possibly empty).
+    Page(PullResponse),
+    /// The cursor is past the user's latest rev, `latest`.
+    CursorAhead { latest: i64 },
+}
+
+/// Keeps a push answer bounded (PROTOCOL.md v1.1, "Sync edge cases"):
+/// `server_note`s are admitted in result order until the next one would take
+/// their JSON past [`MAX_PUSH_ANSWER_NOTES_BYTES`]; that one and every later
+/// one are left out.
+#[derive(Debug)]
+pub struct ServerNoteBudget {
+    left: usize,
+    exhausted: bool,
+}
+
+impl Default for ServerNoteBudget {
+    fn default() -> Self {
+        Self::new(MAX_PUSH_ANSWER_NOTES_BYTES)
+    }
+}
+
+impl ServerNoteBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            left: bytes,
+            exhausted: false,
+        }
+    }
+
+    /// Keeps `result`'s `server_note` if it still fits, else drops it.
+    pub fn admit(&mut self, result: &mut OpResult) {
+        let Some(note) = &result.server_note else {
+            return;
+        };
+        if !self.exhausted {
+            let size = json_len(note);
+            if size <= self.left {
+                self.left -= size;
+                return;
+            }
+            self.exhausted = true;
+        }
+        result.server_note = None;
+    }
+}
+
+/// The length of `value`'s compact JSON, as the answer will carry it,
+/// without building it.
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a plain struct to a sink that never fails cannot fail;
+    // should it, the note counts as too big to send.
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// A session revocation, in the order they were made (by any process).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
@@ -98,7 +171,8 @@ pub struct Revocation {
 
 /// Within this many seconds of its use, the refresh token spent last may be
 /// presented again as a retry (a lost response), as long as its successor
-/// was never used.
+/// was never used. The successor is then retired: presented later, it is
+/// reuse.
 pub const REFRESH_RETRY_WINDOW_SECS: i64 = 60;
 
 #[async_trait]
@@ -152,5 +226,62 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a validated push in order, in one durable transaction.
     async fn push(&self, user_id: &str, ops: Vec<Op>, now: i64) -> Result<PushResponse>;
     /// The user's changes after `since`, oldest first.
-    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullResponse>;
+    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullOutcome>;
+    /// Deletes at most `batch` op results recorded before `before`; returns
+    /// how many went. A resend of a pruned op id is then a new op.
+    async fn prune_ops(&self, before: i64, batch: usize) -> Result<usize>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey_protocol::{Change, OpStatus};
+    use uuid::Uuid;
+
+    fn conflict(body_len: usize) -> OpResult {
+        OpResult {
+            op_id: Uuid::nil(),
+            status: OpStatus::Conflict,
+            note_id: Uuid::nil(),
+            rev: 1,
+            original_status: None,
+            conflict_copy_id: None,
+            copy_rev: None,
+            server_note: Some(Change {
+                note_id: Uuid::nil(),
+                rev: 1,
+                title: String::new(),
+                body: "x".repeat(body_len),
+                deleted: false,
+                updated_at: 1,
+                conflict_of: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_first_note_past_the_budget_and_every_later_one_are_left_out() {
+        let size = json_len(conflict(100).server_note.as_ref().unwrap());
+        assert_eq!(
+            size,
+            serde_json::to_vec(conflict(100).server_note.as_ref().unwrap())
+                .unwrap()
+                .len()
+        );
+        let small = json_len(conflict(1).server_note.as_ref().unwrap());
+        let mut budget = ServerNoteBudget::new(2 * size + small);
+        let mut results = [conflict(100), conflict(100), conflict(50), conflict(1)];
+        for r in &mut results {
+            budget.admit(r);
+        }
+        let kept: Vec<bool> = results.iter().map(|r| r.server_note.is_some()).collect();
+        // The last one would fit in what is left, but comes after one that
+        // did not: left out too.
+        assert_eq!(kept, [true, true, false, false]);
+        // Exactly filling the budget is allowed.
+        let mut budget = ServerNoteBudget::new(size);
+        let mut r = conflict(100);
+        budget.admit(&mut r);
+        assert!(r.server_note.is_some());
+    }
 }

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use latchkey_protocol::{
-    Change, Op, OpResult, OpStatus, PullResponse, PushResponse, Reason, sync::PULL_PAGE_BYTES,
+    Change, Op, OpResult, OpStatus, PullResponse, PushResponse, Reason,
+    sync::{PULL_PAGE_BYTES, conflict_copy_title},
 };
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -19,8 +20,8 @@ use rusqlite::{
 use uuid::Uuid;
 
 use super::{
-    KeyRecord, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, Revocation, SessionRecord, Store,
-    StoreError, TokenHash, UserRecord,
+    KeyRecord, PullOutcome, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, Revocation,
+    ServerNoteBudget, SessionRecord, Store, StoreError, TokenHash, UserRecord,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
@@ -107,6 +108,12 @@ SELECT user_id, op_id, result ->> 'note_id', result ->> 'rev',
 FROM ops;
 DROP TABLE ops;
 ALTER TABLE op_results RENAME TO ops;
+"#,
+    // v1.1: a successor retired by a retry stays, so that presenting it
+    // later is seen as reuse; op results are pruned by age.
+    r#"
+ALTER TABLE refresh_tokens ADD COLUMN retired_at INTEGER;
+CREATE INDEX ops_created ON ops(created_at);
 "#,
 ];
 
@@ -543,10 +550,17 @@ fn apply_op(
         op_id, title, body, ..
     } = op
     {
+        let mut copy_id = Uuid::new_v5(&CONFLICT_COPY_NAMESPACE, op_id.as_bytes());
+        // Taken only when this op id was seen before and its result pruned
+        // since: the copy made then (maybe edited) must not be overwritten.
+        // The new result is recorded, so a retry still makes no third copy.
+        if load_note(tx, user_id, &copy_id.to_string())?.is_some() {
+            copy_id = Uuid::now_v7();
+        }
         let copy = Change {
-            note_id: Uuid::new_v5(&CONFLICT_COPY_NAMESPACE, op_id.as_bytes()),
+            note_id: copy_id,
             rev: next_rev(),
-            title: format!("{title} (conflict copy)"),
+            title: conflict_copy_title(title),
             body: body.clone(),
             deleted: false,
             updated_at: now,
@@ -672,14 +686,14 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<RefreshOutcome> {
         self.write(move |tx| {
-            let row: Option<(String, Option<i64>)> = tx
+            let row: Option<(String, Option<i64>, Option<i64>)> = tx
                 .query_row(
-                    "SELECT session_id, used_at FROM refresh_tokens WHERE hash = ?1",
+                    "SELECT session_id, used_at, retired_at FROM refresh_tokens WHERE hash = ?1",
                     [&presented[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let Some((sid, used_at)) = row else {
+            let Some((sid, used_at, retired_at)) = row else {
                 return Ok(RefreshOutcome::Refused(Reason::Invalid));
             };
             let Some(session) = get_session(tx, &sid)? else {
@@ -691,6 +705,12 @@ impl Store for SqliteStore {
             if session.expires_at <= now {
                 return Ok(RefreshOutcome::Refused(Reason::Expired));
             }
+            if retired_at.is_some() {
+                // Retired by a retry of its parent, so someone else went on
+                // with the session: two parties hold it.
+                revoke(tx, &sid, Reason::Reused, now)?;
+                return Ok(RefreshOutcome::Refused(Reason::Reused));
+            }
             match used_at {
                 None => {
                     tx.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1", params![&presented[..], now])?;
@@ -700,14 +720,18 @@ impl Store for SqliteStore {
                     // successor was never used, and it is recent.
                     let child: Option<(Vec<u8>, Option<i64>)> = tx
                         .query_row(
-                            "SELECT hash, used_at FROM refresh_tokens WHERE parent = ?1",
+                            "SELECT hash, used_at FROM refresh_tokens \
+                             WHERE parent = ?1 AND retired_at IS NULL",
                             [&presented[..]],
                             |r| Ok((r.get(0)?, r.get(1)?)),
                         )
                         .optional()?;
                     match child {
                         Some((child, None)) if now - used_at <= REFRESH_RETRY_WINDOW_SECS => {
-                            tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1", [child])?;
+                            tx.execute(
+                                "UPDATE refresh_tokens SET retired_at = ?2 WHERE hash = ?1",
+                                params![child, now],
+                            )?;
                         }
                         _ => {
                             revoke(tx, &sid, Reason::Reused, now)?;
@@ -862,14 +886,19 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             let mut results = Vec::with_capacity(ops.len());
+            // Applied as each result is made, so that the answer never holds
+            // more server notes than it may send.
+            let mut budget = ServerNoteBudget::default();
             for op in &ops {
                 let op_id = op.op_id().to_string();
-                if let Some(first) = seen_op(tx, &user_id, &op_id)? {
+                if let Some(mut first) = seen_op(tx, &user_id, &op_id)? {
+                    budget.admit(&mut first);
                     results.push(first);
                     continue;
                 }
-                let result = apply_op(tx, &user_id, op, &mut last_rev, now)?;
+                let mut result = apply_op(tx, &user_id, op, &mut last_rev, now)?;
                 record_op(tx, &user_id, &op_id, &result, now)?;
+                budget.admit(&mut result);
                 results.push(result);
             }
             tx.execute(
@@ -884,9 +913,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullResponse> {
+    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullOutcome> {
         let user_id = user_id.to_owned();
         self.read(move |c| {
+            // One snapshot for the latest rev and the page.
+            let tx = c.unchecked_transaction()?;
+            let c = &*tx;
+            let latest: i64 = c
+                .query_row(
+                    "SELECT last_rev FROM users WHERE id = ?1",
+                    [&user_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if since > latest {
+                return Ok(PullOutcome::CursorAhead { latest });
+            }
             let mut stmt = c.prepare_cached(
                 "SELECT note_id, rev, title, body, deleted, updated_at, conflict_of FROM notes \
                  WHERE user_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3",
@@ -905,11 +948,22 @@ impl Store for SqliteStore {
                 changes.push(change);
             }
             let cursor = changes.last().map_or(since, |c: &Change| c.rev);
-            Ok(PullResponse {
+            Ok(PullOutcome::Page(PullResponse {
                 changes,
                 cursor,
                 more,
-            })
+            }))
+        })
+        .await
+    }
+
+    async fn prune_ops(&self, before: i64, batch: usize) -> Result<usize> {
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM ops WHERE (user_id, op_id) IN \
+                 (SELECT user_id, op_id FROM ops WHERE created_at < ?1 LIMIT ?2)",
+                params![before, batch as i64],
+            )?)
         })
         .await
     }
@@ -996,7 +1050,8 @@ mod tests {
         c.execute_batch(
             "DROP TABLE ops; CREATE TABLE ops (user_id TEXT NOT NULL, op_id TEXT NOT NULL, \
              result TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (user_id, op_id)) \
-             WITHOUT ROWID; PRAGMA user_version = 1;",
+             WITHOUT ROWID; ALTER TABLE refresh_tokens DROP COLUMN retired_at; \
+             PRAGMA user_version = 1;",
         )
         .unwrap();
         for r in &first.results {
