@@ -53,10 +53,11 @@ impl Drop for HashSlot {
     }
 }
 
-/// Hashes run at once per CPU; sign-ins that may wait per hash, and at
-/// least (a waiting sign-in costs a task, not Argon2's memory; 64 wait
-/// well under a second with 4 hashes at a time).
+/// Hashes that run at once, per CPU.
 const HASHES_PER_CPU: usize = 2;
+/// Sign-ins that may wait, per hash that may run, and at least: a waiting
+/// sign-in costs a task, not Argon2's memory, and 64 of them are through
+/// in well under a second with 4 hashes at a time.
 const QUEUED_PER_HASH: usize = 16;
 const MIN_QUEUED: usize = 64;
 

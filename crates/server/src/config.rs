@@ -128,9 +128,7 @@ impl ServeArgs {
         }
         Ok(())
     }
-}
 
-impl ServeArgs {
     /// The parsed `--trusted-proxy` blocks, or a sentence saying which one
     /// is wrong.
     pub fn trusted_proxies(&self) -> Result<TrustedProxies, String> {

@@ -81,20 +81,15 @@ impl AppState {
             .reload(self.store.as_ref(), now, self.settings.access_ttl)
             .await
     }
-}
 
-/// Op results deleted per transaction when pruning, so that pushes wait
-/// at most one short batch.
-pub const OP_PRUNE_BATCH: usize = 1_000;
-
-impl AppState {
     /// Deletes the op results older than the refresh-token lifetime, in
     /// batches; returns how many went. The session that sent such an op has
     /// ended, so its resend can only come from a client that kept it queued
     /// past that: it is then applied as a new op, which conflicts (its base
     /// rev is gone) and keeps its text in a conflict copy.
     pub async fn prune_ops(&self, now: i64) -> anyhow::Result<usize> {
-        let before = now.saturating_sub(self.settings.refresh_ttl as i64);
+        let lifetime = i64::try_from(self.settings.refresh_ttl).unwrap_or(i64::MAX);
+        let before = now.saturating_sub(lifetime);
         let mut total = 0;
         loop {
             let n = self.store.prune_ops(before, OP_PRUNE_BATCH).await?;
@@ -106,6 +101,10 @@ impl AppState {
         }
     }
 }
+
+/// Op results deleted per transaction when pruning, so that pushes wait
+/// at most one short batch.
+pub const OP_PRUNE_BATCH: usize = 1_000;
 
 impl Deref for AppState {
     type Target = Inner;

@@ -369,6 +369,14 @@ fn load_note(tx: &Transaction<'_>, user_id: &str, note_id: &str) -> Result<Optio
     .transpose()
 }
 
+fn note_exists(tx: &Transaction<'_>, user_id: &str, note_id: &str) -> Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM notes WHERE user_id = ?1 AND note_id = ?2")?
+        .query_row(params![user_id, note_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Change>> {
     let note_id: String = r.get(0)?;
     let conflict_of: Option<String> = r.get(6)?;
@@ -554,7 +562,7 @@ fn apply_op(
         // Taken only when this op id was seen before and its result pruned
         // since: the copy made then (maybe edited) must not be overwritten.
         // The new result is recorded, so a retry still makes no third copy.
-        if load_note(tx, user_id, &copy_id.to_string())?.is_some() {
+        if note_exists(tx, user_id, &copy_id.to_string())? {
             copy_id = Uuid::now_v7();
         }
         let copy = Change {
