@@ -386,6 +386,42 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_waiting_attempt_goes_when_one_in_flight_succeeds_and_is_refused_if_all_fail() {
+        let t = Arc::new(Throttle::default());
+        let begin = |name: &'static str| {
+            let t = t.clone();
+            tokio::spawn(async move { t.begin(name, IP).await })
+        };
+        let now = crate::now();
+        let mut in_flight: Vec<Attempt> = (0..10)
+            .map(|_| t.try_begin("alice", IP, now).unwrap())
+            .collect();
+        let waiter = begin("alice");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        in_flight.pop().unwrap().succeeded();
+        let eleventh = waiter
+            .await
+            .unwrap()
+            .expect("started once a place was free");
+        // All ten now in flight fail: the limit is reached by failures.
+        in_flight.push(eleventh);
+        drop(in_flight);
+        assert!(matches!(t.begin("alice", IP).await, Err(s) if s > 250));
+
+        // A waiter whose blockers all fail is refused with the real wait,
+        // not after its own time runs out.
+        let in_flight: Vec<Attempt> = (0..10)
+            .map(|_| t.try_begin("bob", IP, now).unwrap())
+            .collect();
+        let waiter = begin("bob");
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(in_flight);
+        assert!(matches!(waiter.await.unwrap(), Err(s) if s > 250));
+    }
+
     #[test]
     fn abandoned_attempts_are_not_failures() {
         let t = Throttle::default();
