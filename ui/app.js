@@ -5,10 +5,16 @@ const SAVE_DELAY_MS = 400;
 
 let status = null;
 let notes = [];
-/** The note in the editor: {id|null, title, body, conflictOf, dirty}. */
+/** The note in the editor: {id|null, version|null, title, body, conflictOf,
+ *  dirty}. `version` is the note's version the text started from: a save on
+ *  a version that changed meanwhile is kept as a conflict copy. */
 let draft = null;
 let saveTimer = null;
 let saveChain = Promise.resolve();
+/** Drafts whose save is queued or running (not shown any more, maybe). */
+const saving = new Set();
+/** Drafts no longer shown whose save failed: tried again with the next save. */
+const unsaved = new Set();
 let listKey = "";
 
 // ---- screens -------------------------------------------------------------
@@ -38,7 +44,7 @@ function render(st) {
   const showErr = err && !locked && !["network", "working_offline"].includes(err.code);
   $("error-banner").hidden = !showErr;
   $("error-banner").textContent = showErr ? sentence(err) : "";
-  const key = `${st.state}|${st.pending}|${st.last_sync_at}|${st.user && st.user.id}`;
+  const key = `${st.state}|${st.pending}|${st.notes_changed}|${st.last_sync_at}|${st.user && st.user.id}`;
   if (!locked && key !== listKey) {
     listKey = key;
     refreshList();
@@ -51,6 +57,9 @@ function render(st) {
 function renderSignin(st, prev) {
   const wasSignedIn = prev && ["online", "offline", "locked"].includes(prev.state);
   if (wasSignedIn || $("signin").hidden) {
+    // The session may end while the user types: what they typed is saved
+    // (for this same user, it syncs after they sign in again).
+    flush();
     closeEditor();
     notes = [];
     listKey = "";
@@ -81,7 +90,11 @@ function renderStatusBar(st) {
   $("connectivity-pill").dataset.state = conn.replace(" ", "-");
   $("status-pending").textContent = String(st.pending);
   $("status-last-sync").textContent = st.last_sync_at ? formatTime(st.last_sync_at) : "never";
-  $("status-last-sync").title = st.last_sync_result ? `Last sync: ${st.last_sync_result}` : "";
+  const failed = st.last_sync_result && st.last_sync_result !== "ok" && st.last_sync_attempt_at;
+  $("status-sync-failed").hidden = !failed;
+  $("status-sync-failed").textContent = failed
+    ? `· failed at ${formatTime(st.last_sync_attempt_at)}: ${st.last_sync_result}`
+    : "";
   $("status-user").textContent = st.user ? st.user.username : "";
   $("status-until").textContent = st.offline_until ? `· works offline until ${formatDate(st.offline_until)}` : "";
   $("work-offline").checked = st.work_offline;
@@ -173,6 +186,28 @@ async function refreshList() {
     }),
   );
   $("empty-list").hidden = notes.length > 0;
+  reloadOpenNote();
+}
+
+/** Shows the open note's new text at once when a sync changed it and the
+ *  user has nothing unsaved in it. With unsaved typing the text stays: its
+ *  save, on the old version, keeps it as a conflict copy. */
+async function reloadOpenNote() {
+  const d = draft;
+  const quiet = () => draft === d && !d.dirty && !saving.has(d);
+  if (!d || !d.id || !quiet()) return;
+  const listed = notes.find((n) => n.id === d.id);
+  if (!listed || listed.version === d.version) return;
+  try {
+    const n = await api.getNote(d.id);
+    if (!quiet()) return;
+    Object.assign(d, { version: n.version, title: n.title, body: n.body, conflictOf: n.conflict_of });
+    $("note-title").value = n.title;
+    $("note-body").value = n.body;
+    $("conflict-note").hidden = !n.conflict_of;
+  } catch (err) {
+    if (err && err.code !== "note_not_found") console.warn("reload failed", err);
+  }
 }
 
 function closeEditor() {
@@ -192,19 +227,23 @@ function showDraft() {
 }
 
 async function openNote(id) {
-  await flush();
+  const chain = flush();
+  // Only a save of this very note is waited for: its text is what opens.
+  if ([...saving].some((d) => d.id === id)) await chain;
   try {
     const n = await api.getNote(id);
-    draft = { id: n.id, title: n.title, body: n.body, conflictOf: n.conflict_of, dirty: false };
+    draft = { id: n.id, version: n.version, title: n.title, body: n.body, conflictOf: n.conflict_of, dirty: false };
     showDraft();
   } catch (err) {
     showBanner(sentence(err));
   }
 }
 
-async function newNote() {
-  await flush();
-  draft = { id: null, title: "", body: "", conflictOf: null, dirty: false };
+/** The new empty editor shows at once; the previous note's save (however
+ *  slow) goes on behind it, and what is typed lands in the new note. */
+function newNote() {
+  flush();
+  draft = { id: null, version: null, title: "", body: "", conflictOf: null, dirty: false };
   showDraft();
   $("note-title").focus();
 }
@@ -219,34 +258,60 @@ function onEdit() {
   saveTimer = setTimeout(() => { flush(); }, SAVE_DELAY_MS);
 }
 
-/** Saves the draft now if it changed. Saves run one after another, so a new
- *  note is created once and later saves use its id. */
+/** Saves the draft now if it changed, and any earlier draft whose save
+ *  failed. Saves run one after another, so a new note is created once and
+ *  later saves use its id and version. */
 function flush() {
   clearTimeout(saveTimer);
   saveTimer = null;
-  const d = draft;
-  if (!d || !d.dirty) return saveChain;
+  for (const d of unsaved) if (d !== draft) queueSave(d);
+  unsaved.clear();
+  if (draft && draft.dirty) queueSave(draft);
+  return saveChain;
+}
+
+function queueSave(d) {
   d.dirty = false;
   const snapshot = { title: d.title, body: d.body };
+  saving.add(d);
   saveChain = saveChain.then(async () => {
     try {
-      const saved = await api.saveNote(d.id, snapshot.title, snapshot.body);
+      const saved = await api.saveNote(d.id, d.version, snapshot.title, snapshot.body);
+      if (d.id && saved.id !== d.id) movedToCopy(d, saved, snapshot);
       d.id = saved.id;
+      d.version = saved.version;
       if (draft === d && !d.dirty) $("save-state").textContent = "Saved";
-      await refreshList();
     } catch (err) {
       d.dirty = true;
       if (draft === d) $("save-state").textContent = "Not saved";
+      else unsaved.add(d);
       showBanner(sentence(err));
+    } finally {
+      saving.delete(d);
     }
+    await refreshList();
   });
-  return saveChain;
+}
+
+/** The note changed on another device while this text was being written:
+ *  the engine kept it as a conflict copy, where the editor goes on. */
+function movedToCopy(d, copy, snapshot) {
+  d.conflictOf = copy.conflict_of;
+  if (draft === d) {
+    if ($("note-title").value === snapshot.title) {
+      $("note-title").value = copy.title;
+      d.title = copy.title;
+    }
+    $("conflict-note").hidden = false;
+  }
+  showBanner("This note was changed on another device while you were writing. Both texts are kept: yours is in a conflict copy, open now.");
 }
 
 async function deleteCurrent() {
   if (!draft) return;
   const d = draft;
   clearTimeout(saveTimer);
+  d.dirty = false;
   await saveChain;
   closeEditor();
   if (d.id) {

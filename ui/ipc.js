@@ -20,6 +20,8 @@ const SENTENCES = {
   storage: "Your change could not be saved on this computer.",
   note_not_found: "That note no longer exists.",
   invalid_input: "That input is not valid.",
+  too_large: "The server refused a note as too large; it stays on this computer.",
+  cursor_ahead: "The server has lost recent changes; Latchkey is sending them again.",
 };
 
 /** A sentence for an error from Rust ({code, message}). */
@@ -55,7 +57,7 @@ export const api = {
   signOut: (wipe) => call("sign_out", { wipe }),
   listNotes: () => call("list_notes"),
   getNote: (id) => call("get_note", { id }),
-  saveNote: (id, title, body) => call("save_note", { id, title, body }),
+  saveNote: (id, version, title, body) => call("save_note", { id, version, title, body }),
   deleteNote: (id) => call("delete_note", { id }),
   syncNow: () => call("sync_now"),
   setWorkOffline: (on) => call("set_work_offline", { on }),

@@ -20,6 +20,8 @@ pub struct NoteSummary {
     pub updated_at: i64,
     pub conflict_of: Option<Uuid>,
     pub pending: bool,
+    /// Lets the editor see that the note it shows changed (a pull).
+    pub version: i64,
 }
 
 fn parse_id(id: &str) -> Result<Uuid> {
@@ -79,6 +81,7 @@ pub async fn list_notes(state: State<'_, AppState>) -> Result<Vec<NoteSummary>> 
             updated_at: n.updated_at,
             conflict_of: n.conflict_of,
             pending: n.pending,
+            version: n.version,
         })
         .collect())
 }
@@ -88,15 +91,19 @@ pub async fn get_note(state: State<'_, AppState>, id: String) -> Result<Note> {
     Ok(state.engine.get_note(parse_id(&id)?).await?)
 }
 
+/// Saves the editor's text. `version` is the note's version the editor
+/// loaded (`None` for a new note): if the note changed since, the text is
+/// kept in a conflict copy, returned instead (its id differs).
 #[tauri::command]
 pub async fn save_note(
     state: State<'_, AppState>,
     id: Option<String>,
+    version: Option<i64>,
     title: String,
     body: String,
 ) -> Result<Note> {
     let id = id.as_deref().map(parse_id).transpose()?;
-    Ok(state.engine.save_note(id, title, body).await?)
+    Ok(state.engine.save_note(id, version, title, body).await?)
 }
 
 #[tauri::command]

@@ -469,14 +469,14 @@ async fn restore(bin: &Path, vault: Arc<dyn Vault>, label: &str, iterations: usi
     let e = signed_in(&server, user, data.path(), vault.clone()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for i in 0..1000 {
-        e.save_note(None, format!("synced {i}"), body_of(&mut rng, i))
+        e.save_note(None, None, format!("synced {i}"), body_of(&mut rng, i))
             .await
             .unwrap();
     }
     e.sync_now().await.unwrap();
     e.set_work_offline(true);
     for i in 0..20 {
-        e.save_note(None, format!("unsynced {i}"), body_of(&mut rng, i))
+        e.save_note(None, None, format!("unsynced {i}"), body_of(&mut rng, i))
             .await
             .unwrap();
     }
@@ -642,7 +642,10 @@ async fn save_run(
         let body = body_of(rng, i);
         let before = wal_seq();
         let t = Instant::now();
-        let note = e.save_note(id, format!("note {i}"), body).await.unwrap();
+        let note = e
+            .save_note(id, None, format!("note {i}"), body)
+            .await
+            .unwrap();
         times.push(t.elapsed());
         resets.push(wal_seq() != before);
         if id.is_none() {
@@ -776,7 +779,7 @@ async fn offline_engine(
     e.set_work_offline(true);
     let t = Instant::now();
     for (title, body) in notes {
-        e.save_note(None, title.clone(), body.clone())
+        e.save_note(None, None, title.clone(), body.clone())
             .await
             .unwrap();
     }
@@ -816,7 +819,7 @@ fn store_breakdown(notes: &[(String, String)]) {
     let mut store = LocalStore::open(&dir.path().join("notes.db")).unwrap();
     for (i, (title, body)) in notes.iter().enumerate() {
         store
-            .save_note(Uuid::now_v7(), title, body, i as i64)
+            .save_note(Uuid::now_v7(), None, title, body, i as i64)
             .unwrap();
     }
     let zero = Duration::ZERO;

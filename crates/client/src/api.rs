@@ -85,6 +85,17 @@ pub(crate) fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
             Some(Reason::Expired) => Error::SessionExpired.into(),
             _ => Error::SessionRevoked.into(),
         },
+        (413, _) => Error::TooLarge.into(),
+        (409, Some(ErrorCode::CursorAhead)) => Error::CursorAhead.into(),
+        // The server cannot take it now (store unreachable, hasher busy):
+        // like a network error, the session stays and a retry comes later.
+        (503, _) => Error::Network {
+            detail: format!(
+                "the server is busy; it asked to retry in {} s",
+                res.retry_after.unwrap_or(5)
+            ),
+        }
+        .into(),
         (s, _) if s >= 500 => Error::Server(format!("the server failed ({s})")).into(),
         (s, _) => {
             let what = body

@@ -4,12 +4,13 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use latchkey_protocol::{
-    Claims, Jwks, KeySet, Op, PushRequest, PushResponse, TokenResponse, UserInfo,
+    Claims, Jwks, KeySet, Op, PullResponse, PushRequest, PushResponse, TokenResponse, UserInfo,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::http::{Http, normalize_server_url};
 use crate::policy::{self, Verdict};
 use crate::status::{SessionState, Status, StatusError};
-use crate::store::{LocalStore, Note, create_private_dir};
+use crate::store::{LocalStore, Note, SYNC_OK, create_private_dir};
 use crate::vault::{Vault, VaultEntry, account_name};
 
 /// At most this many ops per push.
@@ -100,6 +101,10 @@ struct Account {
     /// A monotonic reading taken when latest_seen_time was `.1`: real time
     /// passes even if the wall clock is held back.
     seen_mono: (std::time::Instant, i64),
+    /// A refresh was sent and its answer never came: the server may have
+    /// spent the refresh token. The next contact refreshes at once, inside
+    /// the server's 60 s retry window, whatever the access token's age.
+    refresh_in_doubt: bool,
     store: Arc<Mutex<LocalStore>>,
 }
 
@@ -112,6 +117,7 @@ impl Account {
             keys,
             claims,
             generation: 0,
+            refresh_in_doubt: false,
             store: Arc::new(Mutex::new(store)),
         }
     }
@@ -120,6 +126,21 @@ impl Account {
     fn floor(&self) -> i64 {
         let (since, seen) = self.seen_mono;
         seen.saturating_add(since.elapsed().as_secs() as i64)
+    }
+
+    /// The server has just confirmed the session at local time `now`: the
+    /// confirmation restarts the offline grace, and `now` becomes the latest
+    /// time seen and the monotonic floor. Resetting them (not only moving
+    /// them forward) matters after a clock that ran fast was corrected:
+    /// otherwise the latest time seen stays in the future and every offline
+    /// period locks as "clock set back" until real time catches up. Only a
+    /// confirmation may move them back: offline, they only grow.
+    fn confirmed(&mut self, now: i64) {
+        self.entry.last_confirmed_at = now;
+        self.entry.latest_seen_time = now;
+        self.entry.clock_locked = false;
+        self.seen_mono = (std::time::Instant::now(), now);
+        self.persisted_seen = now;
     }
 }
 
@@ -134,6 +155,10 @@ struct Flags {
     keychain_error: Option<StatusError>,
     /// The server ended the session: (state, user, server).
     ended: Option<(SessionState, UserInfo, String)>,
+    /// The ended session's notes: they stay open for saves (the user may be
+    /// typing when the session ends), which sync after the same user signs
+    /// in again.
+    ended_store: Option<Arc<Mutex<LocalStore>>>,
 }
 
 enum Wake {
@@ -158,6 +183,8 @@ struct Inner {
     sync_lock: tokio::sync::Mutex<()>,
     /// Server time minus local time, from the `Date` header.
     clock_offset: AtomicI64,
+    /// Bumped whenever a sync changes notes ([`Status::notes_changed`]).
+    notes_changed: std::sync::atomic::AtomicU64,
     wake: mpsc::UnboundedSender<Wake>,
     /// The keychain account whose entry may be written: the active one.
     /// Every write of the active entry checks it under this lock, so a late
@@ -189,7 +216,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Push answers being applied, one after another, behind the pushes.
-type Applying<'a> = std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+type Applying<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 fn nothing_to_apply<'a>() -> Applying<'a> {
     Box::pin(std::future::ready(Ok(())))
@@ -229,6 +256,7 @@ impl Engine {
             refresh_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
             clock_offset: AtomicI64::new(0),
+            notes_changed: Default::default(),
             wake,
             vault_gate: Arc::default(),
             me: me.clone(),
@@ -290,9 +318,13 @@ impl Engine {
             .send(if on { Wake::Changed } else { Wake::Resume });
     }
 
-    /// Syncs now: confirm the session, push, pull.
+    /// Syncs now: confirm the session, push, pull. Like the engine's own
+    /// syncs, it is cut short when the heartbeat finds the server gone.
     pub async fn sync_now(&self) -> Result<Status> {
-        self.inner.sync().await.map(|()| self.status())
+        self.inner.ensure_network()?;
+        sync_with_heartbeat(&self.inner)
+            .await
+            .map(|()| self.status())
     }
 
     /// `GET /v1/auth/session` with the usual refresh rules: the reconnect
@@ -315,7 +347,19 @@ impl Engine {
 
     /// Saves a note (a new one when `id` is `None`). When this returns the
     /// note and its queued change are on disk.
-    pub async fn save_note(&self, id: Option<Uuid>, title: String, body: String) -> Result<Note> {
+    ///
+    /// `base_version` is the [`Note::version`] the editor loaded (`None`:
+    /// save over whatever the note holds). If the note changed since (a pull
+    /// brought another device's edit), the other text stays in the note and
+    /// this one is saved as a conflict copy, which is returned: its id is
+    /// then not `id`, and the editor goes on in the copy.
+    pub async fn save_note(
+        &self,
+        id: Option<Uuid>,
+        base_version: Option<i64>,
+        title: String,
+        body: String,
+    ) -> Result<Note> {
         let store = self.inner.notes_store()?;
         let now = self.inner.clock.now();
         // Time-ordered ids (as the outbox's op ids): the server's and the
@@ -323,7 +367,8 @@ impl Engine {
         // random page per note: a batched push costs the server a third of
         // the time (BENCHMARKS.md).
         let id = id.unwrap_or_else(Uuid::now_v7);
-        let result = blocking(move || lock(&store).save_note(id, &title, &body, now)).await;
+        let result =
+            blocking(move || lock(&store).save_note(id, base_version, &title, &body, now)).await;
         self.inner.after_edit(&result);
         result
     }
@@ -417,6 +462,15 @@ impl Inner {
         }
     }
 
+    /// A sync changed `n` notes: tell the UI (an apply that changed none
+    /// still moves the pending count).
+    fn notes_changed_by(&self, n: usize) {
+        if n > 0 {
+            self.notes_changed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.publish();
+    }
+
     /// Keeps the outcome of a user action as the status' last error.
     fn record<T>(&self, result: &Result<T>) {
         if let Err(e) = result {
@@ -428,11 +482,10 @@ impl Inner {
     fn notes_store(&self) -> Result<Arc<Mutex<LocalStore>>> {
         let acc = lock(&self.account);
         let Some(acc) = acc.as_ref() else {
-            return Err(match &lock(&self.flags).ended {
-                Some((SessionState::Expired, ..)) => Error::SessionExpired,
-                Some(_) => Error::SessionRevoked,
-                None => Error::NotSignedIn,
-            });
+            return lock(&self.flags)
+                .ended_store
+                .clone()
+                .ok_or(Error::NotSignedIn);
         };
         let online = lock(&self.flags).online;
         if !online {
@@ -468,6 +521,7 @@ impl Inner {
             let flags = lock(&self.flags);
             let mut st = Status::signed_out();
             st.work_offline = flags.work_offline;
+            st.notes_changed = self.notes_changed.load(Ordering::Relaxed);
             st.last_error = flags.last_error.clone();
             match acc_guard.as_mut() {
                 None => {
@@ -518,14 +572,17 @@ impl Inner {
                     }
                     if let Ok(store) = acc.store.try_lock() {
                         st.pending = store.pending_count().unwrap_or(0);
-                        if let Ok(Some((at, outcome))) = store.last_sync() {
-                            st.last_sync_at = Some(at);
+                        let record = store.last_sync().unwrap_or_default();
+                        st.last_sync_at = record.ok_at;
+                        if let Some((at, outcome)) = record.attempt {
+                            st.last_sync_attempt_at = Some(at);
                             st.last_sync_result = Some(outcome);
                         }
                     } else {
                         let prev = self.status.borrow();
                         st.pending = prev.pending;
                         st.last_sync_at = prev.last_sync_at;
+                        st.last_sync_attempt_at = prev.last_sync_attempt_at;
                         st.last_sync_result = prev.last_sync_result.clone();
                     }
                 }
@@ -713,13 +770,10 @@ impl Inner {
         if let Some(old) = existing.as_deref().and_then(VaultEntry::from_json)
             && old.revoke_pending
         {
-            let _ = api::revoke(
-                self.http.as_ref(),
-                &old.server,
-                &old.refresh_token,
-                self.timeouts(),
-            )
-            .await;
+            // Signed out offline by an older Latchkey, which kept the entry
+            // to revoke under the account's own name: the new session is
+            // about to take that name, so the old one moves to its own.
+            self.park_revocation(&old).await?;
         }
         if self.has_session() {
             // One account at a time: the current one signs out first.
@@ -789,6 +843,7 @@ impl Inner {
             // Work offline may have been switched on meanwhile.
             f.online = !f.work_offline;
             f.ended = None;
+            f.ended_store = None;
             f.last_error = None;
             f.keychain_error = None;
         }
@@ -804,7 +859,10 @@ impl Inner {
 
     async fn sign_out(&self, wipe: bool) -> Result<()> {
         let Some(acc) = lock(&self.account).take() else {
-            lock(&self.flags).ended = None;
+            let mut f = lock(&self.flags);
+            f.ended = None;
+            f.ended_store = None;
+            drop(f);
             self.publish();
             return Ok(());
         };
@@ -830,19 +888,18 @@ impl Inner {
         } else {
             false
         };
-        if revoked {
-            self.close_entry(entry.account(), None).await?;
+        let parked = if revoked {
+            Ok(())
         } else {
-            let mut pending = entry.clone();
-            pending.revoke_pending = true;
-            self.close_entry(entry.account(), Some(pending)).await?;
-            let mut prefs = lock(&self.prefs);
-            if !prefs.pending_revocations.contains(&entry.account()) {
-                prefs.pending_revocations.push(entry.account());
-            }
-            save_prefs(&self.config.data_dir, &prefs)?;
+            let parked = self.park_revocation(&entry).await;
+            // Now that it is listed: the loop retries it.
             let _ = self.wake.send(Wake::Changed);
-        }
+            parked
+        };
+        // The session leaves the keychain's account entry either way: it
+        // must not come back at the next start.
+        self.close_entry(entry.account(), None).await?;
+        parked?;
         if wipe {
             blocking(move || match std::fs::remove_dir_all(&user_data) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -851,6 +908,23 @@ impl Inner {
             .await?;
         }
         Ok(())
+    }
+
+    /// Keeps a signed-out session's refresh token until the server has
+    /// revoked it: in a keychain entry of its own (per server and session,
+    /// so a new sign-in of the same user never overwrites it), listed in the
+    /// prefs, tried on every contact with a server until one confirms.
+    async fn park_revocation(&self, entry: &VaultEntry) -> Result<()> {
+        let key = format!("{}#revoke:{}", entry.account(), entry.session_id);
+        let mut pending = entry.clone();
+        pending.revoke_pending = true;
+        let (vault, k) = (self.vault.clone(), key.clone());
+        blocking(move || vault.store(&k, &pending.to_json())).await?;
+        let mut prefs = lock(&self.prefs);
+        if !prefs.pending_revocations.contains(&key) {
+            prefs.pending_revocations.push(key);
+        }
+        save_prefs(&self.config.data_dir, &prefs)
     }
 
     /// Revokes sessions signed out while offline; true when none are left.
@@ -881,8 +955,13 @@ impl Inner {
             .await
             {
                 Ok(()) | Err(Error::SessionExpired | Error::SessionRevoked) => {
-                    self.forget_entry(&entry.server, &entry.user.username).await;
-                    done.push(account.clone());
+                    let (vault, a) = (self.vault.clone(), account.clone());
+                    match blocking(move || vault.delete(&a)).await {
+                        Ok(()) => done.push(account.clone()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not delete a revoked session from the keychain")
+                        }
+                    }
                 }
                 Err(_) => {}
             }
@@ -925,6 +1004,7 @@ impl Inner {
             let mut f = lock(&self.flags);
             f.online = false;
             f.ended = Some((state, acc.entry.user.clone(), acc.entry.server.clone()));
+            f.ended_store = Some(acc.store.clone());
             f.last_error = Some(e.into());
         }
         self.publish();
@@ -936,7 +1016,8 @@ impl Inner {
         let (token, generation, stale) = {
             let acc = lock(&self.account);
             let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
-            let stale = policy::should_refresh(acc.claims.iat, acc.claims.exp, self.server_now());
+            let stale = acc.refresh_in_doubt
+                || policy::should_refresh(acc.claims.iat, acc.claims.exp, self.server_now());
             (acc.entry.access_token.clone(), acc.generation, stale)
         };
         if !stale {
@@ -981,31 +1062,23 @@ impl Inner {
         if generation != seen {
             return Ok(());
         }
-        let answer =
-            match api::refresh_grant(self.http.as_ref(), &server, &refresh_token, self.timeouts())
-                .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    if e.ends_session() {
-                        self.end_session(&e).await;
-                    }
-                    self.on_network_error(&e);
-                    return Err(e);
-                }
-            };
-        self.note_server_time(answer.server_time);
-        let tokens: TokenResponse = answer.value;
+        let tokens = self.rotate_refresh_token(&server, &refresh_token).await?;
         let claims = match self
             .verify_new_token(&server, &issuer, &mut keys, &mut jwks, &tokens.access_token)
             .await
         {
             Ok(c) => c,
-            Err(e @ Error::Token(_)) => {
-                self.end_session(&Error::SessionRevoked).await;
-                return Err(e);
+            // Not verifiable yet (the new key could not be fetched, or the
+            // token does not check out against it): the session stays, on
+            // the new refresh token already kept, and the next call tries
+            // again.
+            Err(e @ Error::Network { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "a refreshed access token could not be verified; retrying later");
+                return Err(Error::Server(format!(
+                    "a new sign-in token could not be verified yet ({e})"
+                )));
             }
-            Err(e) => return Err(e),
         };
         let now = self.now();
         let entry = {
@@ -1015,23 +1088,53 @@ impl Inner {
                 return Err(Error::Token(latchkey_protocol::TokenError::Signature));
             }
             acc.entry.access_token = tokens.access_token;
-            acc.entry.refresh_token = tokens.refresh_token;
-            acc.entry.refresh_expires_at = now + tokens.refresh_expires_in as i64;
             acc.entry.jwks = jwks;
-            acc.entry.last_confirmed_at = now;
-            acc.entry.latest_seen_time = acc.entry.latest_seen_time.max(now);
-            acc.entry.clock_locked = false;
+            acc.confirmed(now);
             acc.keys = keys;
             acc.claims = claims;
             acc.generation += 1;
-            acc.persisted_seen = acc.entry.latest_seen_time;
             acc.entry.clone()
         };
-        // On failure the session goes on from memory; the server's retry
-        // window covers the token still in the keychain for a minute.
         self.persist_entry(&entry).await;
         self.publish();
         Ok(())
+    }
+
+    /// Presents the refresh token and keeps its successor. The server spends
+    /// the old token as it answers, so the new one reaches the keychain
+    /// before anything else can fail; an answer that never came leaves the
+    /// refresh in doubt, to be retried at the next contact.
+    async fn rotate_refresh_token(&self, server: &str, token: &str) -> Result<TokenResponse> {
+        let answer =
+            match api::refresh_grant(self.http.as_ref(), server, token, self.timeouts()).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if e.ends_session() {
+                        self.end_session(&e).await;
+                    } else if let (Error::Network { .. }, Some(acc)) =
+                        (&e, lock(&self.account).as_mut())
+                    {
+                        acc.refresh_in_doubt = true;
+                    }
+                    self.on_network_error(&e);
+                    return Err(e);
+                }
+            };
+        self.note_server_time(answer.server_time);
+        let tokens = answer.value;
+        let now = self.now();
+        let entry = {
+            let mut acc = lock(&self.account);
+            let acc = acc.as_mut().ok_or(Error::NotSignedIn)?;
+            acc.entry.refresh_token = tokens.refresh_token.clone();
+            acc.entry.refresh_expires_at = now + tokens.refresh_expires_in as i64;
+            acc.refresh_in_doubt = false;
+            acc.entry.clone()
+        };
+        // On failure the session goes on from memory (shown), and the
+        // server's retry window covers the old token for a minute.
+        self.persist_entry(&entry).await;
+        Ok(tokens)
     }
 
     /// Runs an authenticated call: refresh first if needed, and after a 401
@@ -1083,12 +1186,9 @@ impl Inner {
         let entry = {
             let mut acc = lock(&self.account);
             let acc = acc.as_mut().ok_or(Error::NotSignedIn)?;
-            acc.entry.last_confirmed_at = now;
-            acc.entry.latest_seen_time = acc.entry.latest_seen_time.max(now);
-            acc.entry.clock_locked = false;
+            acc.confirmed(now);
             acc.entry.refresh_expires_at =
                 info.refresh_expires_at - self.clock_offset.load(Ordering::Relaxed);
-            acc.persisted_seen = acc.entry.latest_seen_time;
             acc.entry.clone()
         };
         self.persist_entry(&entry).await;
@@ -1122,7 +1222,7 @@ impl Inner {
         let result = self.sync_steps().await;
         if let Ok(store) = self.store() {
             let outcome = match &result {
-                Ok(()) => "ok".to_string(),
+                Ok(()) => SYNC_OK.to_string(),
                 Err(e) => e.to_string(),
             };
             let now = self.now();
@@ -1140,38 +1240,126 @@ impl Inner {
         self.revoke_pending().await;
         self.confirm().await?;
         let (server, _) = self.server_and_user()?;
-        let store = self.store()?;
-        let t = self.timeouts();
-        let http = self.http.clone();
-        // Pipelined: while one batch is on the wire the next is prepared
-        // (unsent ops only: the batch in flight is already marked sent) and
-        // answers are applied, in order, behind the pushes: a batch goes as
-        // soon as the answer before it is in and it is ready, whether or not
-        // that answer is applied yet. Ops marked sent whose answer never
-        // comes are sent again, first, by the next sync.
-        let (http, server) = (&http, &server);
-        let push = |ops: Vec<Op>| {
-            let body = Arc::new(PushRequest { ops });
-            self.authed(move |token| {
-                let (http, server, body) = (http.clone(), server.clone(), body.clone());
-                async move { api::push(http.as_ref(), &server, &token, &body, t).await }
-            })
+        let sync = Syncer {
+            inner: self,
+            server,
+            store: self.store()?,
+            t: self.timeouts(),
+            too_large: Mutex::default(),
         };
-        let pull = |since: i64| {
-            self.authed(move |token| {
+        let (since, first_page) = sync.push_outbox().await?;
+        match sync.pull_all(since, first_page).await {
+            // The server was restored from an older backup: compare
+            // everything with it, queue again what it lost, and push that.
+            Err(Error::CursorAhead) => {
+                sync.resync().await?;
+                let (since, first_page) = sync.push_outbox().await?;
+                sync.pull_all(since, first_page).await?;
+            }
+            other => other?,
+        }
+        let refused = std::mem::take(&mut *lock(&sync.too_large));
+        if refused.is_empty() {
+            return Ok(());
+        }
+        // Unsent again, so that an edit of the note can replace them.
+        let s = sync.store.clone();
+        blocking(move || refused.into_iter().try_for_each(|op| lock(&s).unsend(op))).await?;
+        Err(Error::TooLarge)
+    }
+
+    fn has_session(&self) -> bool {
+        lock(&self.account).is_some()
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let server = match self.server_and_user() {
+            Ok((s, _)) => s,
+            Err(_) => return Err(Error::NotSignedIn),
+        };
+        let date = api::healthz(self.http.as_ref(), &server, self.timeouts()).await?;
+        self.note_server_time(date);
+        Ok(())
+    }
+}
+
+/// One sync's calls, over the engine's authenticated requests.
+struct Syncer<'a> {
+    inner: &'a Inner,
+    server: String,
+    store: Arc<Mutex<LocalStore>>,
+    t: Timeouts,
+    /// Ops refused as too large even alone (a proxy's lower limit): they
+    /// stay queued, the rest of the sync goes on, and the sync says so.
+    too_large: Mutex<Vec<Uuid>>,
+}
+
+impl Syncer<'_> {
+    /// Pushes `ops`; a batch refused as too large is split in two and each
+    /// half pushed in turn, so that one big note never blocks the others.
+    fn push(
+        &self,
+        ops: Vec<Op>,
+    ) -> Pin<Box<dyn Future<Output = Result<PushResponse>> + Send + '_>> {
+        Box::pin(async move {
+            let body = Arc::new(PushRequest { ops });
+            let (http, server, t) = (&self.inner.http, &self.server, self.t);
+            let answer = self
+                .inner
+                .authed(|token| {
+                    let (http, server, body) = (http.clone(), server.clone(), body.clone());
+                    async move { api::push(http.as_ref(), &server, &token, &body, t).await }
+                })
+                .await;
+            let mut ops = match answer {
+                Err(Error::TooLarge) => Arc::unwrap_or_clone(body).ops,
+                answer => return answer,
+            };
+            if ops.len() == 1 {
+                tracing::warn!("the server refused a note as too large; it stays queued");
+                lock(&self.too_large).push(ops[0].op_id());
+                return Ok(PushResponse {
+                    results: Vec::new(),
+                    cursor: 0,
+                });
+            }
+            let second = ops.split_off(ops.len() / 2);
+            let mut first = self.push(ops).await?;
+            let second = self.push(second).await?;
+            first.results.extend(second.results);
+            first.cursor = first.cursor.max(second.cursor);
+            Ok(first)
+        })
+    }
+
+    async fn pull(&self, since: i64) -> Result<PullResponse> {
+        let (http, server, t) = (&self.inner.http, &self.server, self.t);
+        self.inner
+            .authed(|token| {
                 let (http, server) = (http.clone(), server.clone());
                 async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
             })
-        };
-        let apply = |answer: PushResponse| {
-            let s = store.clone();
-            async move {
-                blocking(move || lock(&s).apply_push(&answer.results)).await?;
-                self.publish();
-                Ok(())
-            }
-        };
-        let s = store.clone();
+            .await
+    }
+
+    async fn apply(&self, answer: PushResponse) -> Result<()> {
+        let s = self.store.clone();
+        let changed = blocking(move || lock(&s).apply_push(&answer.results)).await?;
+        self.inner.notes_changed_by(changed);
+        Ok(())
+    }
+
+    /// Pushes the whole outbox, pipelined: while one batch is on the wire
+    /// the next is prepared (unsent ops only: the batch in flight is
+    /// already marked sent) and answers are applied, in order, behind the
+    /// pushes: a batch goes as soon as the answer before it is in and it is
+    /// ready, whether or not that answer is applied yet. Ops marked sent
+    /// whose answer never comes are sent again, first, by the next sync.
+    ///
+    /// Returns where the pull starts, and its first page if it was fetched
+    /// while the last answer was applied.
+    async fn push_outbox(&self) -> Result<(i64, Option<Result<PullResponse>>)> {
+        let s = self.store.clone();
         let (mut ops, mut since) = blocking(move || {
             let mut store = lock(&s);
             Ok((store.next_batch(PUSH_BATCH)?, store.cursor()?))
@@ -1187,9 +1375,9 @@ impl Inner {
         let mut first_page = None;
         while !ops.is_empty() {
             pushed.extend(ops.iter().map(Op::op_id));
-            let s = store.clone();
+            let s = self.store.clone();
             let prepare = blocking(move || lock(&s).next_unsent_batch(PUSH_BATCH));
-            let mut both = std::pin::pin!(async { tokio::join!(push(ops), prepare) });
+            let mut both = std::pin::pin!(async { tokio::join!(self.push(ops), prepare) });
             let (answer, next) = loop {
                 // Biased: the next batch is taken before an answer is
                 // applied, so that it is ready when this push returns.
@@ -1217,7 +1405,7 @@ impl Inner {
             let before = std::mem::replace(&mut applying, nothing_to_apply());
             applying = Box::pin(async move {
                 before.await?;
-                apply(answer).await
+                self.apply(answer).await
             });
             applied = false;
             // The last answer can give edits queued behind its ops their
@@ -1227,53 +1415,83 @@ impl Inner {
             // was lost before it (a lost answer leaves two pipelined
             // batches marked sent, and the first look took one): resend them.
             // Meanwhile the pull starts: its page is applied only after the
-            // answers, and dropped if there is more to push.
+            // answers, and dropped if there is more to push or an answer
+            // moved the cursor back (a conflict whose server note was left
+            // out of the answer: the pull brings it).
             if ops.is_empty() {
                 let settled = std::mem::replace(&mut applying, nothing_to_apply());
                 applied = true;
-                let s = store.clone();
+                let s = self.store.clone();
                 let settle = async {
                     settled.await?;
-                    blocking(move || lock(&s).next_batch(PUSH_BATCH)).await
+                    blocking(move || {
+                        let mut store = lock(&s);
+                        Ok((store.next_batch(PUSH_BATCH)?, store.cursor()?))
+                    })
+                    .await
                 };
-                let (next, page) = tokio::join!(settle, pull(since));
-                ops = next?;
+                let (next, page) = tokio::join!(settle, self.pull(since));
+                let cursor;
+                (ops, cursor) = next?;
                 ops.retain(|op| !pushed.contains(&op.op_id()));
-                first_page = ops.is_empty().then_some(page);
+                first_page = (ops.is_empty() && cursor == since).then_some(page);
+                since = cursor;
             }
         }
-        // Pulled the same way: a page is applied while the next is fetched.
+        Ok((since, first_page))
+    }
+
+    /// Pulls until `more` is false, a page applied while the next is fetched.
+    async fn pull_all(
+        &self,
+        mut since: i64,
+        first_page: Option<Result<PullResponse>>,
+    ) -> Result<()> {
         let mut page = match first_page {
             Some(page) => page?,
-            None => pull(since).await?,
+            None => self.pull(since).await?,
         };
         loop {
             let more = page.more && page.cursor > since;
             since = page.cursor;
-            let s = store.clone();
-            let apply = blocking(move || lock(&s).apply_pull(&page));
+            let s = self.store.clone();
+            let apply = async {
+                let changed = blocking(move || lock(&s).apply_pull(&page)).await?;
+                self.inner.notes_changed_by(changed);
+                Ok(())
+            };
             if !more {
-                apply.await?;
-                break;
+                return apply.await;
             }
-            let (applied, next) = tokio::join!(apply, pull(since));
+            let (applied, next) = tokio::join!(apply, self.pull(since));
             applied?;
             page = next?;
         }
-        Ok(())
     }
 
-    fn has_session(&self) -> bool {
-        lock(&self.account).is_some()
-    }
-
-    async fn probe(&self) -> Result<()> {
-        let server = match self.server_and_user() {
-            Ok((s, _)) => s,
-            Err(_) => return Err(Error::NotSignedIn),
-        };
-        let date = api::healthz(self.http.as_ref(), &server, self.timeouts()).await?;
-        self.note_server_time(date);
+    /// Compares every note with a server that lost changes (PROTOCOL.md
+    /// v1.1: a cursor ahead of the server), and queues again what it lacks
+    /// or holds at an older text; the push that follows gives it back.
+    async fn resync(&self) -> Result<()> {
+        tracing::warn!(
+            "the server is behind this device (restored from a backup?); resyncing from 0"
+        );
+        let s = self.store.clone();
+        blocking(move || lock(&s).begin_resync()).await?;
+        let mut since = 0;
+        loop {
+            let page = self.pull(since).await?;
+            let more = page.more && page.cursor > since;
+            since = page.cursor;
+            let (s, now) = (self.store.clone(), self.inner.now());
+            blocking(move || lock(&s).apply_resync_page(&page, now)).await?;
+            if !more {
+                break;
+            }
+        }
+        let (s, now) = (self.store.clone(), self.inner.now());
+        blocking(move || lock(&s).finish_resync(since, now)).await?;
+        self.inner.notes_changed_by(1);
         Ok(())
     }
 }
@@ -1370,7 +1588,7 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
         attempt = 0;
         edit_due = None;
         last_sync = Some(Instant::now());
-        sync_with_heartbeat(&inner).await;
+        let _ = sync_with_heartbeat(&inner).await;
     }
 }
 
@@ -1379,7 +1597,7 @@ async fn run_loop(weak: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
 /// instead of when the sync's own timeout runs out; that sync is then
 /// dropped (what it marked sent is sent again, first, by the next one) so
 /// that the reconnect sync can start as soon as the server is back.
-async fn sync_with_heartbeat(inner: &Arc<Inner>) {
+async fn sync_with_heartbeat(inner: &Arc<Inner>) -> Result<()> {
     let mut sync = tokio::spawn({
         let inner = inner.clone();
         async move { inner.sync().await }
@@ -1387,16 +1605,19 @@ async fn sync_with_heartbeat(inner: &Arc<Inner>) {
     loop {
         tokio::select! {
             done = &mut sync => {
-                if let Ok(Err(e)) = done {
+                let result = done.unwrap_or_else(|e| Err(Error::Storage(format!("the sync task failed: {e}"))));
+                if let Err(e) = &result {
                     tracing::info!(error = %e, "sync did not complete");
                 }
-                return;
+                return result;
             }
             _ = tokio::time::sleep(inner.config.heartbeat) => {
                 if lock(&inner.flags).online && inner.probe().await.is_err() {
                     sync.abort();
-                    inner.on_network_error(&Error::Network { detail: "the server stopped answering".into() });
-                    return;
+                    let e = Error::Network { detail: "the server stopped answering".into() };
+                    inner.on_network_error(&e);
+                    inner.record::<()>(&Err(e.clone()));
+                    return Err(e);
                 }
             }
         }

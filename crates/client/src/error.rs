@@ -60,6 +60,14 @@ pub enum Error {
     /// The caller's input breaks a limit.
     #[error("{0}")]
     InvalidInput(String),
+    /// The server (or a proxy before it) refused a request as too large:
+    /// a push is split and sent again.
+    #[error("the server (or a proxy before it) refused a note as too large")]
+    TooLarge,
+    /// A pull cursor beyond the server's latest change: the server was
+    /// restored from an older backup, and this device resyncs from 0.
+    #[error("the server has lost recent changes (restored from a backup?); resyncing")]
+    CursorAhead,
 }
 
 impl Error {
@@ -82,6 +90,8 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::NoteNotFound => "note_not_found",
             Error::InvalidInput(_) => "invalid_input",
+            Error::TooLarge => "too_large",
+            Error::CursorAhead => "cursor_ahead",
         }
     }
 

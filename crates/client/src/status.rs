@@ -53,8 +53,14 @@ pub struct Status {
     pub work_offline: bool,
     /// Notes with an unsent or unacknowledged change.
     pub pending: u64,
+    /// Moves whenever a sync changed notes on this device (another
+    /// device's edit, a conflict): the UI reloads the list and the open note.
+    pub notes_changed: u64,
+    /// The last sync that worked.
     pub last_sync_at: Option<i64>,
-    /// `ok`, or the sentence of the error that stopped the last sync.
+    /// The last sync attempt, whether or not it worked.
+    pub last_sync_attempt_at: Option<i64>,
+    /// `ok`, or the sentence of the error that stopped the last attempt.
     pub last_sync_result: Option<String>,
     /// The access token's expiry.
     pub access_expires_at: Option<i64>,
@@ -74,7 +80,9 @@ impl Status {
             online: false,
             work_offline: false,
             pending: 0,
+            notes_changed: 0,
             last_sync_at: None,
+            last_sync_attempt_at: None,
             last_sync_result: None,
             access_expires_at: None,
             offline_until: None,

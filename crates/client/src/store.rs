@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use latchkey_protocol::sync::{MAX_BODY_BYTES, MAX_TITLE_BYTES};
+use latchkey_protocol::sync::{
+    MAX_BODY_BYTES, MAX_PUSH_BYTES, MAX_TITLE_BYTES, conflict_copy_title,
+};
 use latchkey_protocol::{Change, Op, OpResult, OpStatus, PullResponse};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,14 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
     r#"
 CREATE INDEX outbox_sent ON outbox(note_id) WHERE sent = 1;
 "#,
+    // The version of a note's text on this device: bumped by saves, deletes
+    // and changes from the server, never by a push's acknowledgement (which
+    // moves the rev under an unchanged text). The editor saves on the
+    // version it loaded, so a save on a text that changed meanwhile keeps
+    // both texts instead of overwriting one.
+    r#"
+ALTER TABLE notes ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// A note as the UI sees it.
@@ -61,6 +71,9 @@ pub struct Note {
     pub conflict_of: Option<Uuid>,
     /// Has a change not yet acknowledged by the server.
     pub pending: bool,
+    /// The version of this text on this device: pass it back to
+    /// [`LocalStore::save_note`] to save on it.
+    pub version: i64,
 }
 
 pub struct LocalStore {
@@ -86,11 +99,12 @@ fn note_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Note> {
             .map(uuid)
             .transpose()?,
         pending: r.get(6)?,
+        version: r.get(7)?,
     })
 }
 
 const NOTE_SELECT: &str = "SELECT n.note_id, n.title, n.body, n.rev, n.updated_at, n.conflict_of, \
-     EXISTS (SELECT 1 FROM outbox o WHERE o.note_id = n.note_id) FROM notes n";
+     EXISTS (SELECT 1 FROM outbox o WHERE o.note_id = n.note_id), n.version FROM notes n";
 
 impl LocalStore {
     /// Opens (creating, private) the database at `path`.
@@ -166,7 +180,20 @@ impl LocalStore {
     }
 
     /// Saves a note's text and queues it, durably, in one transaction.
-    pub fn save_note(&mut self, id: Uuid, title: &str, body: &str, now: i64) -> Result<Note> {
+    ///
+    /// `base_version` is the [`Note::version`] the editor started from
+    /// (`None`: save whatever the note holds now). If the note's text
+    /// changed since (a pull brought another device's edit), both texts are
+    /// kept: the note keeps the other text and this one goes into a new
+    /// conflict copy, which is returned (its id is not `id`).
+    pub fn save_note(
+        &mut self,
+        id: Uuid,
+        base_version: Option<i64>,
+        title: &str,
+        body: &str,
+        now: i64,
+    ) -> Result<Note> {
         if title.len() > MAX_TITLE_BYTES {
             return Err(Error::InvalidInput(format!(
                 "a title may be at most {MAX_TITLE_BYTES} bytes"
@@ -182,19 +209,45 @@ impl LocalStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let key = id.to_string();
-        let rev: Option<i64> = tx
-            .prepare_cached("SELECT rev FROM notes WHERE note_id = ?1")?
-            .query_row([&key], |r| r.get(0))
+        let current: Option<(i64, i64, bool, String, String)> = tx
+            .prepare_cached(
+                "SELECT rev, version, deleted, title, body FROM notes WHERE note_id = ?1",
+            )?
+            .query_row([&key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
-        tx.prepare_cached(
-            "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at) VALUES (?1, ?2, ?3, 0, 0, ?4) \
-             ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, deleted = 0, \
-             updated_at = excluded.updated_at",
-        )?
-        .execute(params![key, title, body, now])?;
-        queue(&tx, &key, "upsert", title, body, rev.unwrap_or(0), now)?;
+        // A stale save over a live text that differs: keep both. (Over a
+        // tombstone the edit wins, as a delete always loses to an edit.)
+        let stale = match (&current, base_version) {
+            (Some((_, version, deleted, cur_title, cur_body)), Some(base)) => {
+                *version != base && !deleted && (cur_title != title || cur_body != body)
+            }
+            _ => false,
+        };
+        let saved = if stale {
+            let copy = Uuid::now_v7();
+            let copy_title = conflict_copy_title(title);
+            tx.prepare_cached(
+                "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of, version) \
+                 VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, 1)",
+            )?
+            .execute(params![copy.to_string(), copy_title, body, now, key])?;
+            queue(&tx, &copy.to_string(), "upsert", &copy_title, body, 0, now)?;
+            copy
+        } else {
+            tx.prepare_cached(
+                "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, version) VALUES (?1, ?2, ?3, 0, 0, ?4, 1) \
+                 ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, deleted = 0, \
+                 updated_at = excluded.updated_at, version = notes.version + 1",
+            )?
+            .execute(params![key, title, body, now])?;
+            let rev = current.as_ref().map_or(0, |c| c.0);
+            queue(&tx, &key, "upsert", title, body, rev, now)?;
+            id
+        };
         tx.commit()?;
-        self.get_note(id)
+        self.get_note(saved)
     }
 
     /// Deletes a note locally and queues the delete. A note the server never
@@ -223,7 +276,7 @@ impl LocalStore {
             tx.execute("DELETE FROM outbox WHERE note_id = ?1", [&key])?;
             tx.execute("DELETE FROM notes WHERE note_id = ?1", [&key])?;
         } else {
-            tx.execute("UPDATE notes SET deleted = 1, title = '', body = '', updated_at = ?2 WHERE note_id = ?1", params![key, now])?;
+            tx.execute("UPDATE notes SET deleted = 1, title = '', body = '', updated_at = ?2, version = version + 1 WHERE note_id = ?1", params![key, now])?;
             queue(&tx, &key, "delete", "", "", rev, now)?;
         }
         tx.commit()?;
@@ -258,9 +311,11 @@ impl LocalStore {
              FROM outbox WHERE sent = 0 AND base_rev IS NOT NULL \
              AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1) ORDER BY seq LIMIT ?1";
         let scans: &[&str] = if resend { &[SENT, UNSENT] } else { &[UNSENT] };
+        let mut bytes = PUSH_ENVELOPE_BYTES;
+        let mut full = false;
         for sql in scans {
             let left = max.saturating_sub(ops.len());
-            if left == 0 {
+            if left == 0 || full {
                 break;
             }
             let mut stmt = tx.prepare_cached(sql)?;
@@ -285,6 +340,14 @@ impl LocalStore {
                         client_time: r.get(7)?,
                     },
                 };
+                let size = op_json_bytes(&op);
+                // Sized by bytes too: a push stays under the server's limit
+                // (one op alone always fits: PROTOCOL.md's field limits).
+                if !ops.is_empty() && bytes + size > PUSH_BATCH_BYTES {
+                    full = true;
+                    break;
+                }
+                bytes += size;
                 ops.push((seq, sent, op));
             }
         }
@@ -301,11 +364,13 @@ impl LocalStore {
 
     /// Applies a push answer: acknowledged ops leave the outbox, queued
     /// follow-ups learn their base, conflicts take the server's version.
-    pub fn apply_push(&mut self, results: &[OpResult]) -> Result<()> {
+    /// Returns how many notes' texts changed.
+    pub fn apply_push(&mut self, results: &[OpResult]) -> Result<usize> {
         self.bookkeeping(|tx| Self::settle(tx, results))
     }
 
-    fn settle(tx: &Transaction<'_>, results: &[OpResult]) -> Result<()> {
+    fn settle(tx: &Transaction<'_>, results: &[OpResult]) -> Result<usize> {
+        let mut changed = 0;
         for r in results {
             let op: Option<(String, Option<i64>)> = tx
                 .prepare_cached(
@@ -338,8 +403,16 @@ impl LocalStore {
                 let follow_up: bool = tx
                     .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)")?
                     .query_row([&note_key], |row| row.get(0))?;
-                if let (false, Some(server)) = (follow_up, &r.server_note) {
-                    write_change(tx, server)?;
+                match (follow_up, &r.server_note) {
+                    (false, Some(server)) => {
+                        write_change(tx, server)?;
+                        changed += 1;
+                    }
+                    // The answer left the server's version out (a bounded
+                    // answer, PROTOCOL.md v1.1): pull it again. The pull
+                    // that moved the cursor past it skipped this note.
+                    (_, None) => rewind_cursor(tx, r.rev - 1)?,
+                    (true, Some(_)) => {}
                 }
             } else {
                 set_follow_up_base(r.rev)?;
@@ -347,30 +420,121 @@ impl LocalStore {
                     .execute(params![note_key, r.rev])?;
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Applies a pull page and moves the cursor, in one transaction. Notes
     /// with pending local ops are left alone: the push settles them.
-    pub fn apply_pull(&mut self, page: &PullResponse) -> Result<()> {
+    /// Returns how many notes changed.
+    pub fn apply_pull(&mut self, page: &PullResponse) -> Result<usize> {
         self.bookkeeping(|tx| Self::merge_pull(tx, page))
     }
 
-    fn merge_pull(tx: &Transaction<'_>, page: &PullResponse) -> Result<()> {
+    fn merge_pull(tx: &Transaction<'_>, page: &PullResponse) -> Result<usize> {
+        let mut changed = 0;
         for change in &page.changes {
             // Skipped: a note with pending ops (the push settles it) and a
             // note already at this rev (this device's own pushed change).
-            tx.prepare_cached(
+            let n = tx.prepare_cached(
                 "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of) \
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1) \
                  ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, rev = excluded.rev, \
-                 deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of \
+                 deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of, \
+                 version = notes.version + 1 \
                  WHERE notes.rev <> excluded.rev",
             )?
             .execute(change_params(change))?;
+            changed += n;
         }
         tx.execute("INSERT INTO meta (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value", [page.cursor])?;
+        Ok(changed)
+    }
+
+    /// Takes back an op marked sent that the server refused (too large for
+    /// it): unsent again, so that a later edit of the note replaces it (a
+    /// sent op is frozen, and edits queue behind it). An edit already queued
+    /// behind it replaces it now.
+    pub fn unsend(&mut self, op_id: Uuid) -> Result<()> {
+        self.bookkeeping(|tx| {
+            let key = op_id.to_string();
+            let op: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT note_id, base_rev FROM outbox WHERE op_id = ?1 AND sent = 1",
+                    [&key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((note, base)) = op else {
+                return Ok(());
+            };
+            let superseded = tx.execute(
+                "UPDATE outbox SET base_rev = ?2 WHERE note_id = ?1 AND sent = 0",
+                params![note, base],
+            )?;
+            if superseded > 0 {
+                tx.execute("DELETE FROM outbox WHERE op_id = ?1", [&key])?;
+            } else {
+                tx.execute("UPDATE outbox SET sent = 0 WHERE op_id = ?1", [&key])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts a resync from 0 with a server that lost changes (restored
+    /// from an older backup): the pages that follow go to
+    /// [`LocalStore::apply_resync_page`], then [`LocalStore::finish_resync`].
+    /// The cursor stays where it is until the end, so a resync cut short
+    /// starts again from 0.
+    pub fn begin_resync(&mut self) -> Result<()> {
+        self.conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS resync_seen (note_id TEXT PRIMARY KEY) WITHOUT ROWID; \
+             DELETE FROM resync_seen;",
+        )?;
         Ok(())
+    }
+
+    /// Compares a page of the server's notes with this device's. Where the
+    /// server holds an older text than this device, this device's text is
+    /// queued again on the server's rev; where the server's text differs and
+    /// is not older, the note takes it and this device's text is kept in a
+    /// conflict copy. Notes with queued changes are left to the push.
+    pub fn apply_resync_page(&mut self, page: &PullResponse, now: i64) -> Result<()> {
+        self.bookkeeping(|tx| {
+            for change in &page.changes {
+                resync_change(tx, change, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Ends a resync: notes the server lacks are queued again as new, and
+    /// the cursor moves to `cursor`.
+    pub fn finish_resync(&mut self, cursor: i64, now: i64) -> Result<()> {
+        self.bookkeeping(|tx| {
+            let missing: Vec<(String, String, String, bool)> = tx
+                .prepare(
+                    "SELECT note_id, title, body, deleted FROM notes n WHERE rev > 0 \
+                     AND NOT EXISTS (SELECT 1 FROM temp.resync_seen s WHERE s.note_id = n.note_id) \
+                     AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.note_id = n.note_id)",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (key, title, body, deleted) in missing {
+                if deleted {
+                    // A tombstone of a note the server never had: nothing to tell it.
+                    tx.execute("DELETE FROM notes WHERE note_id = ?1", [&key])?;
+                } else {
+                    tx.execute("UPDATE notes SET rev = 0 WHERE note_id = ?1", [&key])?;
+                    queue(tx, &key, "upsert", &title, &body, 0, now)?;
+                }
+            }
+            tx.execute("DELETE FROM temp.resync_seen", [])?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('cursor', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [cursor],
+            )?;
+            Ok(())
+        })
     }
 
     /// Runs a transaction of sync bookkeeping (marking ops sent, applying
@@ -407,31 +571,95 @@ impl LocalStore {
             .unwrap_or(0))
     }
 
-    /// Records the last sync (time and outcome) for the status bar.
+    /// Records a sync attempt for the status bar: its time and outcome
+    /// (`ok` or the error), and, when it worked, the time of the last
+    /// successful sync.
     pub fn set_last_sync(&self, at: i64, outcome: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('last_sync', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [serde_json::json!({"at": at, "outcome": outcome}).to_string()],
-        )?;
+        let upsert = "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        self.conn.prepare_cached(upsert)?.execute(params![
+            "last_sync",
+            serde_json::json!({"at": at, "outcome": outcome}).to_string()
+        ])?;
+        if outcome == SYNC_OK {
+            self.conn
+                .prepare_cached(upsert)?
+                .execute(params!["last_ok_sync", at])?;
+        }
         Ok(())
     }
 
-    pub fn last_sync(&self) -> Result<Option<(i64, String)>> {
-        let raw: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'last_sync'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(raw
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| {
-                Some((
-                    v.get("at")?.as_i64()?,
-                    v.get("outcome")?.as_str()?.to_owned(),
-                ))
-            }))
+    /// The last successful sync and the last attempt (time and outcome).
+    pub fn last_sync(&self) -> Result<SyncRecord> {
+        let mut record = SyncRecord::default();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, value FROM meta WHERE key IN ('last_sync', 'last_ok_sync')",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            match r.get::<_, String>(0)?.as_str() {
+                "last_ok_sync" => record.ok_at = r.get(1)?,
+                _ => {
+                    let raw: String = r.get(1)?;
+                    record.attempt = serde_json::from_str::<serde_json::Value>(&raw)
+                        .ok()
+                        .and_then(|v| {
+                            Some((
+                                v.get("at")?.as_i64()?,
+                                v.get("outcome")?.as_str()?.to_owned(),
+                            ))
+                        });
+                }
+            }
+        }
+        // A database from before the last success was kept apart.
+        if record.ok_at.is_none()
+            && let Some((at, outcome)) = &record.attempt
+            && outcome == SYNC_OK
+        {
+            record.ok_at = Some(*at);
+        }
+        Ok(record)
     }
+}
+
+/// The outcome of a sync that worked.
+pub const SYNC_OK: &str = "ok";
+
+/// What the status bar shows of syncing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncRecord {
+    /// The last sync that worked.
+    pub ok_at: Option<i64>,
+    /// The last attempt: its time and `ok` or the error that stopped it.
+    pub attempt: Option<(i64, String)>,
+}
+
+/// A push batch is cut before its JSON would pass this many bytes: the
+/// server's limit less room for the envelope and rounding.
+pub const PUSH_BATCH_BYTES: usize = MAX_PUSH_BYTES - 64 * 1024;
+/// `{"ops":[]}` and some slack.
+const PUSH_ENVELOPE_BYTES: usize = 64;
+
+/// The bytes `op` takes in a push's JSON, from above: ids, numbers and keys
+/// as a fixed part, strings with their escapes.
+fn op_json_bytes(op: &Op) -> usize {
+    const FIXED: usize = 256;
+    match op {
+        Op::Upsert { title, body, .. } => FIXED + json_str_bytes(title) + json_str_bytes(body),
+        Op::Delete { .. } => FIXED,
+    }
+}
+
+/// The length of `s` as a JSON string (quotes and escapes included).
+fn json_str_bytes(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Queues `action` for a note: replaces its unsent op if there is one,
@@ -445,11 +673,16 @@ fn queue(
     rev: i64,
     now: i64,
 ) -> Result<()> {
+    // A replaced op gets a new op id: it may have been sent already (a power
+    // cut can undo the bookkeeping that marked it sent after the server
+    // applied it), and the server would answer new content under a spent id
+    // as a duplicate and drop it. Under a new id it applies or conflicts:
+    // either way the text reaches the server.
     let replaced = tx
         .prepare_cached(
-            "UPDATE outbox SET action = ?2, title = ?3, body = ?4, client_time = ?5 WHERE note_id = ?1 AND sent = 0",
+            "UPDATE outbox SET op_id = ?6, action = ?2, title = ?3, body = ?4, client_time = ?5 WHERE note_id = ?1 AND sent = 0",
         )?
-        .execute(params![note_key, action, title, body, now])?;
+        .execute(params![note_key, action, title, body, now, Uuid::now_v7().to_string()])?;
     if replaced == 0 {
         let in_flight: bool = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1 AND sent = 1)")?
@@ -462,11 +695,67 @@ fn queue(
     Ok(())
 }
 
+/// One note of a resync page (see [`LocalStore::apply_resync_page`]).
+fn resync_change(tx: &Transaction<'_>, c: &Change, now: i64) -> Result<()> {
+    let key = c.note_id.to_string();
+    tx.prepare_cached("INSERT OR IGNORE INTO temp.resync_seen (note_id) VALUES (?1)")?
+        .execute([&key])?;
+    let pending: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE note_id = ?1)")?
+        .query_row([&key], |r| r.get(0))?;
+    if pending {
+        return Ok(());
+    }
+    let local: Option<(i64, bool, String, String)> = tx
+        .prepare_cached("SELECT rev, deleted, title, body FROM notes WHERE note_id = ?1")?
+        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    let Some((rev, deleted, title, body)) = local else {
+        return write_change(tx, c);
+    };
+    if (deleted, title.as_str(), body.as_str()) == (c.deleted, c.title.as_str(), c.body.as_str()) {
+        tx.prepare_cached("UPDATE notes SET rev = ?2 WHERE note_id = ?1")?
+            .execute(params![key, c.rev])?;
+        return Ok(());
+    }
+    if rev > c.rev {
+        // The server lost this device's later text: send it again on the
+        // server's rev.
+        tx.prepare_cached("UPDATE notes SET rev = ?2 WHERE note_id = ?1")?
+            .execute(params![key, c.rev])?;
+        let action = if deleted { "delete" } else { "upsert" };
+        return queue(tx, &key, action, &title, &body, c.rev, now);
+    }
+    // Revs are reused after a restore, so a text that differs at a rev
+    // that is not older may be another device's newer edit: keep both.
+    if !deleted {
+        let copy = Uuid::now_v7().to_string();
+        let copy_title = conflict_copy_title(&title);
+        tx.prepare_cached(
+            "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of) \
+             VALUES (?1, ?2, ?3, 0, 0, ?4, ?5)",
+        )?
+        .execute(params![copy, copy_title, body, now, key])?;
+        queue(tx, &copy, "upsert", &copy_title, &body, 0, now)?;
+    }
+    write_change(tx, c)
+}
+
+/// Moves the pull cursor back to `to` if it is past it: the next pull
+/// brings every change after `to` again (a page applies over a note only
+/// when its rev differs).
+fn rewind_cursor(tx: &Transaction<'_>, to: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'cursor' AND value > ?1")?
+        .execute([to.max(0)])?;
+    Ok(())
+}
+
 fn write_change(tx: &Transaction<'_>, c: &Change) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO notes (note_id, title, body, rev, deleted, updated_at, conflict_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, body = excluded.body, rev = excluded.rev, \
-         deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of",
+         deleted = excluded.deleted, updated_at = excluded.updated_at, conflict_of = excluded.conflict_of, \
+         version = notes.version + 1",
     )?
     .execute(change_params(c))?;
     Ok(())
@@ -529,7 +818,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(durability(&s), 2);
-        s.save_note(Uuid::now_v7(), "t", "b", 1).unwrap();
+        s.save_note(Uuid::now_v7(), None, "t", "b", 1).unwrap();
         let batch = s.next_batch(500).unwrap();
         assert_eq!(durability(&s), 2);
         s.apply_push(&[applied(&batch[0], 1)]).unwrap();
@@ -548,7 +837,8 @@ mod tests {
         let (_d, mut s) = store();
         let id = Uuid::new_v4();
         for i in 0..50 {
-            s.save_note(id, "t", &format!("body {i}"), 100 + i).unwrap();
+            s.save_note(id, None, "t", &format!("body {i}"), 100 + i)
+                .unwrap();
         }
         assert_eq!(s.pending_count().unwrap(), 1);
         let batch = s.next_batch(500).unwrap();
@@ -563,9 +853,9 @@ mod tests {
     fn edit_during_flight_waits_for_the_result() {
         let (_d, mut s) = store();
         let id = Uuid::new_v4();
-        s.save_note(id, "t", "v1", 1).unwrap();
+        s.save_note(id, None, "t", "v1", 1).unwrap();
         let first = s.next_batch(500).unwrap();
-        s.save_note(id, "t", "v2", 2).unwrap();
+        s.save_note(id, None, "t", "v2", 2).unwrap();
         // the sent op is resent until answered; the follow-up waits
         let again = s.next_batch(500).unwrap();
         assert_eq!(again, first);
@@ -585,12 +875,12 @@ mod tests {
         let (_d, mut s) = store();
         let ids: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
         for (i, id) in ids[..5].iter().enumerate() {
-            s.save_note(*id, "t", "b", i as i64).unwrap();
+            s.save_note(*id, None, "t", "b", i as i64).unwrap();
         }
         let notes = |ops: &[Op]| ops.iter().map(Op::note_id).collect::<Vec<_>>();
         let first = s.next_batch(2).unwrap();
         assert_eq!(notes(&first), ids[..2]);
-        s.save_note(ids[5], "t", "b", 9).unwrap();
+        s.save_note(ids[5], None, "t", "b", 9).unwrap();
         // the two unanswered ones again, then the oldest unsent
         let second = s.next_batch(3).unwrap();
         assert_eq!(notes(&second), ids[..3]);
@@ -604,12 +894,12 @@ mod tests {
         let (_d, mut s) = store();
         let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
         for (i, id) in ids.iter().enumerate() {
-            s.save_note(*id, "t", "b", i as i64).unwrap();
+            s.save_note(*id, None, "t", "b", i as i64).unwrap();
         }
         let notes = |ops: &[Op]| ops.iter().map(Op::note_id).collect::<Vec<_>>();
         let first = s.next_batch(2).unwrap();
         // an edit of a note in flight waits for that note's answer
-        s.save_note(ids[0], "t", "again", 5).unwrap();
+        s.save_note(ids[0], None, "t", "again", 5).unwrap();
         assert_eq!(notes(&s.next_unsent_batch(10).unwrap()), ids[2..]);
         assert!(s.next_unsent_batch(10).unwrap().is_empty());
         s.apply_push(&[applied(&first[0], 1)]).unwrap();
@@ -629,12 +919,12 @@ mod tests {
                 .unwrap() as u64
         };
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        s.save_note(a, "t", "1", 1).unwrap();
-        s.save_note(b, "t", "1", 1).unwrap();
+        s.save_note(a, None, "t", "1", 1).unwrap();
+        s.save_note(b, None, "t", "1", 1).unwrap();
         let sent = s.next_batch(1).unwrap();
         // a: sent + unsent; b: unsent; c: unsent
-        s.save_note(a, "t", "2", 2).unwrap();
-        s.save_note(c, "t", "1", 2).unwrap();
+        s.save_note(a, None, "t", "2", 2).unwrap();
+        s.save_note(c, None, "t", "1", 2).unwrap();
         assert_eq!((s.pending_count().unwrap(), distinct(&s)), (3, 3));
         s.apply_push(&[applied(&sent[0], 1)]).unwrap();
         assert_eq!((s.pending_count().unwrap(), distinct(&s)), (3, 3));
@@ -661,7 +951,7 @@ mod tests {
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
         let id = Uuid::new_v4();
-        s.save_note(id, "t", "b", 1).unwrap();
+        s.save_note(id, None, "t", "b", 1).unwrap();
         assert_eq!(s.next_batch(10).unwrap().len(), 1);
         drop(s);
         // and opens again as it is
@@ -673,7 +963,7 @@ mod tests {
     fn deleting_an_unsynced_note_leaves_nothing_to_sync() {
         let (_d, mut s) = store();
         let id = Uuid::new_v4();
-        s.save_note(id, "t", "b", 1).unwrap();
+        s.save_note(id, None, "t", "b", 1).unwrap();
         s.delete_note(id, 2).unwrap();
         assert_eq!(s.pending_count().unwrap(), 0);
         assert!(s.list_notes().unwrap().is_empty());
@@ -684,7 +974,7 @@ mod tests {
     fn pull_skips_notes_with_pending_ops_and_moves_the_cursor() {
         let (_d, mut s) = store();
         let mine = Uuid::new_v4();
-        s.save_note(mine, "mine", "local", 1).unwrap();
+        s.save_note(mine, None, "mine", "local", 1).unwrap();
         let theirs = Uuid::new_v4();
         let change = |id, title: &str, rev| Change {
             note_id: id,
@@ -707,11 +997,152 @@ mod tests {
     }
 
     #[test]
+    fn a_save_on_a_stale_version_keeps_both_texts() {
+        let (_d, mut s) = store();
+        let id = Uuid::now_v7();
+        let opened = s.save_note(id, None, "t", "mine", 1).unwrap();
+        // A pull brings another device's text.
+        let batch = s.next_batch(10).unwrap();
+        s.apply_push(&[applied(&batch[0], 1)]).unwrap();
+        let pulled = Change {
+            note_id: id,
+            rev: 2,
+            title: "t".into(),
+            body: "theirs".into(),
+            deleted: false,
+            updated_at: 2,
+            conflict_of: None,
+        };
+        s.apply_pull(&PullResponse {
+            changes: vec![pulled],
+            cursor: 2,
+            more: false,
+        })
+        .unwrap();
+        let copy = s
+            .save_note(id, Some(opened.version), "t", "mine, edited", 3)
+            .unwrap();
+        assert_ne!(copy.id, id);
+        assert_eq!(
+            (copy.title.as_str(), copy.conflict_of),
+            ("t (conflict copy)", Some(id))
+        );
+        assert_eq!(s.get_note(id).unwrap().body, "theirs");
+        // The same text again is no conflict; nor is a save on the current version.
+        let current = s.get_note(id).unwrap().version;
+        assert_eq!(
+            s.save_note(id, Some(opened.version), "t", "theirs", 4)
+                .unwrap()
+                .id,
+            id
+        );
+        assert_eq!(
+            s.save_note(id, Some(current + 1), "t", "on top", 5)
+                .unwrap()
+                .id,
+            id
+        );
+        let queued: Vec<_> = s.next_batch(10).unwrap().iter().map(Op::note_id).collect();
+        assert_eq!(queued, [copy.id, id]);
+    }
+
+    #[test]
+    fn an_acknowledgement_does_not_move_the_version() {
+        let (_d, mut s) = store();
+        let id = Uuid::now_v7();
+        let saved = s.save_note(id, None, "t", "b", 1).unwrap();
+        let batch = s.next_batch(10).unwrap();
+        s.apply_push(&[applied(&batch[0], 9)]).unwrap();
+        let note = s.get_note(id).unwrap();
+        assert_eq!((note.rev, note.version), (9, saved.version));
+    }
+
+    /// An edit replacing an unsent op's text gives it a new op id: the op
+    /// may have been sent before a power cut undid its sent mark.
+    #[test]
+    fn replacing_an_ops_text_gives_it_a_new_id() {
+        let (_d, mut s) = store();
+        let id = Uuid::now_v7();
+        s.save_note(id, None, "t", "one", 1).unwrap();
+        let first = s
+            .conn
+            .query_row("SELECT op_id FROM outbox", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        s.save_note(id, None, "t", "two", 2).unwrap();
+        let second = s
+            .conn
+            .query_row("SELECT op_id FROM outbox", [], |r| r.get::<_, String>(0))
+            .unwrap();
+        assert_ne!(first, second);
+        assert_eq!(s.pending_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn batches_stop_before_the_push_limit() {
+        let (_d, mut s) = store();
+        for i in 0..3 {
+            s.save_note(Uuid::now_v7(), None, "t", &"x".repeat(3 << 20), i)
+                .unwrap();
+        }
+        // Quotes take two bytes each in JSON.
+        s.save_note(Uuid::now_v7(), None, "t", &"\"".repeat(3 << 20), 9)
+            .unwrap();
+        let sizes: Vec<usize> = std::iter::from_fn(|| {
+            let b = s.next_unsent_batch(500).unwrap();
+            (!b.is_empty()).then(|| {
+                serde_json::to_vec(&latchkey_protocol::PushRequest { ops: b })
+                    .unwrap()
+                    .len()
+            })
+        })
+        .collect();
+        assert_eq!(sizes.len(), 3, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= MAX_PUSH_BYTES), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_refused_op_is_unsent_again_or_replaced_by_its_follow_up() {
+        let (_d, mut s) = store();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        s.save_note(a, None, "a", "1", 1).unwrap();
+        s.save_note(b, None, "b", "1", 1).unwrap();
+        let sent = s.next_batch(10).unwrap();
+        s.save_note(b, None, "b", "2", 2).unwrap();
+        s.unsend(sent[0].op_id()).unwrap();
+        s.unsend(sent[1].op_id()).unwrap();
+        let again = s.next_batch(10).unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0].op_id(), sent[0].op_id());
+        let Op::Upsert { body, base_rev, .. } = &again[1] else {
+            panic!()
+        };
+        assert_eq!((body.as_str(), *base_rev), ("2", 0));
+    }
+
+    #[test]
+    fn a_conflict_without_the_servers_note_pulls_it_again() {
+        let (_d, mut s) = store();
+        let id = Uuid::now_v7();
+        s.apply_pull(&PullResponse {
+            changes: vec![],
+            cursor: 40,
+            more: false,
+        })
+        .unwrap();
+        s.save_note(id, None, "t", "b", 1).unwrap();
+        let batch = s.next_batch(10).unwrap();
+        let mut conflict = applied(&batch[0], 30);
+        conflict.status = OpStatus::Conflict;
+        s.apply_push(&[conflict]).unwrap();
+        assert_eq!(s.cursor().unwrap(), 29);
+    }
+
+    #[test]
     fn oversized_input_is_refused() {
         let (_d, mut s) = store();
         let long = "x".repeat(MAX_TITLE_BYTES + 1);
         assert_eq!(
-            s.save_note(Uuid::new_v4(), &long, "", 1)
+            s.save_note(Uuid::new_v4(), None, &long, "", 1)
                 .unwrap_err()
                 .code(),
             "invalid_input"

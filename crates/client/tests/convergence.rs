@@ -307,7 +307,7 @@ async fn run_step(
             let d = &devs[dev];
             let body = new_body(ledger, d.name);
             d.engine()
-                .save_note(None, TITLES[title].into(), body)
+                .save_note(None, None, TITLES[title].into(), body)
                 .await
                 .map_err(|e| format!("{}: create: {e}", d.name))?;
             stats.saves += 1;
@@ -319,7 +319,7 @@ async fn run_step(
             };
             let body = new_body(ledger, d.name);
             d.engine()
-                .save_note(Some(n.id), TITLES[title].into(), body)
+                .save_note(Some(n.id), None, TITLES[title].into(), body)
                 .await
                 .map_err(|e| format!("{}: edit: {e}", d.name))?;
             stats.saves += 1;

@@ -182,7 +182,7 @@ async fn random_edit(
     );
     let id = (!id.is_nil()).then_some(id);
     let note = e
-        .save_note(id, title.clone(), body.clone())
+        .save_note(id, None, title.clone(), body.clone())
         .await
         .expect("a local save never needs the server");
     notes.lock().unwrap().insert(title, (note.id, body));
@@ -563,7 +563,7 @@ fn crash_child() {
                 let step = plan.step();
                 let id = (!step.new).then(|| ids[step.note]);
                 let note = e
-                    .save_note(id, step.title, step.body.clone())
+                    .save_note(id, None, step.title, step.body.clone())
                     .await
                     .expect("save");
                 if step.new {
@@ -937,7 +937,7 @@ async fn a_sync_after_two_lost_batches_sends_them_all() {
     wait_for(&e, 20, "the first sync", |s| s.last_sync_result.is_some()).await;
     e.set_work_offline(true);
     for i in 0..1200 {
-        e.save_note(None, format!("n{i}"), "x".into())
+        e.save_note(None, None, format!("n{i}"), "x".into())
             .await
             .unwrap();
     }

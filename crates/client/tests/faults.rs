@@ -115,7 +115,7 @@ async fn random_edit(rng: &mut Rng, dev: usize, engine: &Engine, tag: &str, edit
     let body = format!("{tag}/d{dev}/e{k}/{:016x}", rng.next_u64());
     if notes.is_empty() || roll < 40 {
         let n = engine
-            .save_note(None, title.clone(), body.clone())
+            .save_note(None, None, title.clone(), body.clone())
             .await
             .expect("save a new note");
         edits.upsert(dev, n.id, None, title, body);
@@ -124,7 +124,7 @@ async fn random_edit(rng: &mut Rng, dev: usize, engine: &Engine, tag: &str, edit
     let note = &notes[rng.below(notes.len() as u64) as usize];
     if roll < 85 {
         engine
-            .save_note(Some(note.id), title.clone(), body.clone())
+            .save_note(Some(note.id), None, title.clone(), body.clone())
             .await
             .expect("save an edit");
         edits.upsert(dev, note.id, Some(note.body.clone()), title, body);
@@ -243,7 +243,7 @@ async fn one_run(server: Arc<TestServer>, seed: u64, long: bool) -> Tally {
         let body = format!("{tag}/shared/e{}/{:016x}", edits.count, rng.next_u64());
         let n = devs[0]
             .engine
-            .save_note(None, title.clone(), body.clone())
+            .save_note(None, None, title.clone(), body.clone())
             .await
             .unwrap();
         edits.upsert(0, n.id, None, title, body);
@@ -591,7 +591,7 @@ async fn work_offline_switched_on_during_a_sync_stays_offline() {
     let clock = TestClock::system();
     let dev = device_with(&proxy.url(), "wanda", Arc::new(clock.clone())).await;
     let e = &dev.engine;
-    e.save_note(None, "kept".into(), "safe".into())
+    e.save_note(None, None, "kept".into(), "safe".into())
         .await
         .unwrap();
     wait_for(e, 20, "synced", |s| s.pending == 0).await;
@@ -664,9 +664,14 @@ async fn a_push_black_holed_mid_sync_does_not_hold_the_reconnect() {
     e.sign_in(&proxy.url(), "bea", PW).await.unwrap();
     e.set_work_offline(true);
     for i in 0..20 {
-        e.save_note(None, format!("note {i}"), format!("written offline {i}"))
-            .await
-            .unwrap();
+        e.save_note(
+            None,
+            None,
+            format!("note {i}"),
+            format!("written offline {i}"),
+        )
+        .await
+        .unwrap();
     }
     proxy.set_policy(proxy::scripted([Fault::BlackHole], |r| r.is_push()));
     let started = Instant::now();

@@ -185,19 +185,25 @@ async fn capture_seed_corpora() {
 
     // Edits, a conflict, a delete, an empty note, and text beyond ASCII.
     let n1 = a
-        .save_note(None, "groceries".into(), "milk\neggs".into())
+        .save_note(None, None, "groceries".into(), "milk\neggs".into())
         .await
         .unwrap();
-    a.save_note(None, String::new(), String::new())
+    a.save_note(None, None, String::new(), String::new())
         .await
         .unwrap();
     a.sync_now().await.unwrap();
     b.sync_now().await.unwrap();
-    a.save_note(Some(n1.id), "groceries".into(), "milk\neggs\nbread".into())
-        .await
-        .unwrap();
+    a.save_note(
+        Some(n1.id),
+        None,
+        "groceries".into(),
+        "milk\neggs\nbread".into(),
+    )
+    .await
+    .unwrap();
     b.save_note(
         Some(n1.id),
+        None,
         "Einkäufe 🛒".into(),
         "Milch \"frisch\"\t\\".into(),
     )

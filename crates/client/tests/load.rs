@@ -241,7 +241,11 @@ struct Client {
 
 impl Client {
     async fn save(&mut self, figures: &Figures, id: Option<Uuid>, title: String, body: String) {
-        match self.engine.save_note(id, title.clone(), body.clone()).await {
+        match self
+            .engine
+            .save_note(id, None, title.clone(), body.clone())
+            .await
+        {
             Ok(note) => {
                 self.notes.insert(note.id, (title, body));
                 self.edits += 1;

@@ -166,6 +166,7 @@ async fn a_full_disk_refuses_the_save_clearly_and_damages_nothing() {
     for i in 0..5 {
         e.save_note(
             None,
+            None,
             format!("kept {i}"),
             format!("saved before the disk filled {i}"),
         )
@@ -189,7 +190,7 @@ async fn a_full_disk_refuses_the_save_clearly_and_damages_nothing() {
     let mut refused = None;
     for i in 0..200 {
         let title = format!("while full {i}");
-        match e.save_note(None, title.clone(), body.clone()).await {
+        match e.save_note(None, None, title.clone(), body.clone()).await {
             Ok(_) => kept.push((title, body.clone())),
             Err(err) => {
                 refused = Some(err);
@@ -207,7 +208,7 @@ async fn a_full_disk_refuses_the_save_clearly_and_damages_nothing() {
 
     // Space again: everything saved is intact, saving and syncing work.
     std::fs::remove_file(&filler).unwrap();
-    e.save_note(None, "after".into(), "space again".into())
+    e.save_note(None, None, "after".into(), "space again".into())
         .await
         .unwrap();
     kept.push(("after".into(), "space again".into()));
@@ -239,12 +240,12 @@ async fn a_read_only_data_folder_is_a_clear_error_and_damages_nothing() {
     e.sign_in(&server.url(), "read-only", "pw-local-123")
         .await
         .unwrap();
-    e.save_note(None, "synced".into(), "saved and synced".into())
+    e.save_note(None, None, "synced".into(), "saved and synced".into())
         .await
         .unwrap();
     e.sync_now().await.unwrap();
     e.set_work_offline(true);
-    e.save_note(None, "unsynced".into(), "queued before".into())
+    e.save_note(None, None, "unsynced".into(), "queued before".into())
         .await
         .unwrap();
     let before = texts(&e.list_notes().await.unwrap());
@@ -254,7 +255,7 @@ async fn a_read_only_data_folder_is_a_clear_error_and_damages_nothing() {
     let e = start().await;
     let st = e.status();
     let err = match e
-        .save_note(None, "new".into(), "cannot be saved".into())
+        .save_note(None, None, "new".into(), "cannot be saved".into())
         .await
     {
         Err(err) => err,

@@ -207,7 +207,7 @@ pub async fn server_notes(url: &str, user: &str, password: &str) -> Vec<(String,
 }
 
 /// An access token of a new session of `user` (password grant).
-async fn access_token(http: &reqwest::Client, url: &str, user: &str, password: &str) -> String {
+pub async fn access_token(http: &reqwest::Client, url: &str, user: &str, password: &str) -> String {
     let tok: serde_json::Value = http
         .post(format!("{url}/v1/auth/token"))
         .form(&[
@@ -302,6 +302,12 @@ pub struct TestHttp {
     /// Requests to these paths (e.g. `healthz`) fail as if the network were
     /// gone; they take no step of `plan`.
     pub unreachable: Arc<Mutex<Vec<String>>>,
+    /// The next request to each of these paths fails as if the network
+    /// were gone (once per entry).
+    pub fail_once: Arc<Mutex<Vec<String>>>,
+    /// Pushes over this many bytes are refused with 413, as by a proxy
+    /// with a lower limit than the server's (0: no limit).
+    pub push_limit: Arc<AtomicUsize>,
 }
 
 /// One step of [`TestHttp::plan`].
@@ -326,6 +332,8 @@ impl TestHttp {
             plan: Arc::default(),
             faults_injected: Arc::default(),
             unreachable: Arc::default(),
+            fail_once: Arc::default(),
+            push_limit: Arc::default(),
         }
     }
 
@@ -360,13 +368,29 @@ impl Http for TestHttp {
             && String::from_utf8_lossy(&req.body).contains("grant_type=refresh_token");
         let push = path == "v1/sync/push";
         let unreachable = self.unreachable.lock().unwrap().contains(&path);
+        let once = {
+            let mut once = self.fail_once.lock().unwrap();
+            once.iter()
+                .position(|p| *p == path)
+                .map(|i| once.remove(i))
+                .is_some()
+        };
         self.calls
             .lock()
             .unwrap()
             .push(if refresh { "refresh".into() } else { path });
-        if unreachable {
+        if unreachable || once {
             return Err(latchkey_client::Error::Network {
                 detail: "test made this path unreachable".into(),
+            });
+        }
+        let limit = self.push_limit.load(Ordering::SeqCst);
+        if push && limit > 0 && req.body.len() > limit {
+            return Ok(HttpResponse {
+                status: 413,
+                body: br#"{"error":"request_too_large","error_description":"over the test proxy's limit"}"#.to_vec(),
+                date: None,
+                retry_after: None,
             });
         }
         let step = self.plan.lock().unwrap().pop_front();
@@ -405,6 +429,22 @@ impl Http for TestHttp {
         }
         Ok(res)
     }
+}
+
+/// The password of the tests' users.
+pub const PW: &str = "correct horse battery staple";
+
+/// A new engine on `dir`, signed in as `user` (password [`PW`]).
+pub async fn signed_in(
+    server: &TestServer,
+    dir: &std::path::Path,
+    vault: &MemoryVault,
+    http: &TestHttp,
+    user: &str,
+) -> Engine {
+    let e = engine(dir, vault, http).await;
+    e.sign_in(&server.url(), user, PW).await.expect("sign in");
+    e
 }
 
 /// Fast timings for tests.
