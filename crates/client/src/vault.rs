@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use latchkey_protocol::{Claims, Jwks, KeySet, TokenError, UserInfo};
 use serde::{Deserialize, Serialize};
@@ -112,10 +113,15 @@ pub trait Vault: Send + Sync + 'static {
     }
 }
 
+/// How long a sign-in waits, at most, for the person to answer the
+/// desktop's unlock prompt before it gives up (nothing has been sent yet).
+pub const UNLOCK_PROMPT_WAIT: Duration = Duration::from_secs(60);
+
 /// The OS keychain, through `keyring`.
 #[derive(Debug, Clone)]
 pub struct KeyringVault {
     service: String,
+    unlock_wait: Duration,
 }
 
 fn keychain_error(e: keyring::Error) -> Error {
@@ -157,7 +163,15 @@ impl KeyringVault {
         }
         Ok(Self {
             service: service.into(),
+            unlock_wait: UNLOCK_PROMPT_WAIT,
         })
+    }
+
+    /// The longest [`Vault::ready_to_store`] waits for an unlock prompt to
+    /// be answered ([`UNLOCK_PROMPT_WAIT`] unless set).
+    pub fn with_unlock_wait(mut self, wait: Duration) -> Self {
+        self.unlock_wait = wait;
+        self
     }
 
     fn entry(&self, account: &str) -> Result<keyring::Entry> {
@@ -172,6 +186,13 @@ impl Vault for KeyringVault {
             Err(keyring::Error::NoEntry) => Ok(None),
             // A damaged entry is no session, not an outage.
             Err(keyring::Error::BadEncoding(_)) => Ok(None),
+            // No default keyring yet (keyring's last lookup is there): no
+            // entry either; `ready_to_store` asks for one before a sign-in.
+            Err(keyring::Error::NoStorageAccess(inner))
+                if inner.to_string().contains("no result found") =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(keychain_error(e)),
         }
     }
@@ -187,6 +208,179 @@ impl Vault for KeyringVault {
             Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
             Err(e) => Err(keychain_error(e)),
         }
+    }
+
+    /// On Linux: the Secret Service's default collection (where keyring
+    /// writes) is unlocked now, asking the desktop to prompt if needed.
+    /// Elsewhere the OS unlocks the keychain itself: nothing to check.
+    fn ready_to_store(&self) -> Result<()> {
+        secret_service::ensure_default_unlocked(self.unlock_wait)
+            .map_err(|detail| Error::KeychainUnavailable { detail })
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod secret_service {
+    pub(super) fn ensure_default_unlocked(_: std::time::Duration) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The Secret Service D-Bus API, for what `keyring` does not offer: unlock
+/// the default collection, with a bounded wait, before a sign-in.
+#[cfg(target_os = "linux")]
+mod secret_service {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use dbus::arg::{PropMap, RefArg, Variant};
+    use dbus::blocking::stdintf::org_freedesktop_dbus::Properties;
+    use dbus::blocking::{Connection, Proxy};
+    use dbus::message::MatchRule;
+    use dbus::strings::Path;
+
+    const DEST: &str = "org.freedesktop.secrets";
+    const SERVICE_PATH: &str = "/org/freedesktop/secrets";
+    const SERVICE: &str = "org.freedesktop.Secret.Service";
+    const COLLECTION: &str = "org.freedesktop.Secret.Collection";
+    const PROMPT: &str = "org.freedesktop.Secret.Prompt";
+    /// One D-Bus call (not a prompt): the service answers in milliseconds,
+    /// or is being started on demand.
+    const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+    const NO_SERVICE: &str = "no Secret Service (e.g. gnome-keyring) is running in this session";
+
+    /// `Err` is the detail of a `KeychainUnavailable`.
+    pub(super) fn ensure_default_unlocked(prompt_wait: Duration) -> Result<(), String> {
+        let conn = Connection::new_session().map_err(|_| NO_SERVICE.to_string())?;
+        let service = conn.with_proxy(DEST, SERVICE_PATH, CALL_TIMEOUT);
+        let mut collection = read_default_alias(&service)?;
+        if collection.is_none() {
+            // No keyring yet (a new account): ask the service to create the
+            // default one, which prompts for its password.
+            create_default(&conn, &service, prompt_wait)?;
+            collection = read_default_alias(&service)?;
+        }
+        let Some(collection) = collection else {
+            return Err("the keychain has no default keyring and none could be created".into());
+        };
+        if !is_locked(&conn, &collection)? {
+            return Ok(());
+        }
+        let (_, prompt): (Vec<Path<'static>>, Path<'static>) = service
+            .method_call(SERVICE, "Unlock", (vec![collection.clone()],))
+            .map_err(call_failed)?;
+        if !is_root(&prompt) {
+            run_prompt(&conn, prompt, prompt_wait)?;
+        }
+        if is_locked(&conn, &collection)? {
+            return Err("the keychain is locked and was not unlocked".into());
+        }
+        Ok(())
+    }
+
+    fn is_root(p: &Path<'_>) -> bool {
+        &**p == "/"
+    }
+
+    fn call_failed(e: dbus::Error) -> String {
+        match e.name() {
+            Some(
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
+                | "org.freedesktop.DBus.Error.Spawn.ChildExited"
+                | "org.freedesktop.DBus.Error.Spawn.ExecFailed"
+                | "org.freedesktop.DBus.Error.Disconnected",
+            ) => NO_SERVICE.into(),
+            Some("org.freedesktop.DBus.Error.NoReply" | "org.freedesktop.DBus.Error.Timeout") => {
+                "the Secret Service does not answer".into()
+            }
+            _ => {
+                let text = e.message().unwrap_or_else(|| e.name().unwrap_or("unknown"));
+                format!(
+                    "Secret Service: {}",
+                    text.chars().take(160).collect::<String>()
+                )
+            }
+        }
+    }
+
+    fn read_default_alias(
+        service: &Proxy<'_, &Connection>,
+    ) -> Result<Option<Path<'static>>, String> {
+        let (path,): (Path<'static>,) = service
+            .method_call(SERVICE, "ReadAlias", ("default",))
+            .map_err(call_failed)?;
+        Ok((!is_root(&path)).then_some(path))
+    }
+
+    fn is_locked(conn: &Connection, collection: &Path<'static>) -> Result<bool, String> {
+        conn.with_proxy(DEST, collection.clone(), CALL_TIMEOUT)
+            .get::<bool>(COLLECTION, "Locked")
+            .map_err(call_failed)
+    }
+
+    fn create_default(
+        conn: &Connection,
+        service: &Proxy<'_, &Connection>,
+        prompt_wait: Duration,
+    ) -> Result<(), String> {
+        let mut props = PropMap::new();
+        props.insert(
+            format!("{COLLECTION}.Label"),
+            Variant(Box::new("Login".to_string()) as Box<dyn RefArg>),
+        );
+        let (_, prompt): (Path<'static>, Path<'static>) = service
+            .method_call(SERVICE, "CreateCollection", (props, "default"))
+            .map_err(call_failed)?;
+        if !is_root(&prompt) {
+            run_prompt(conn, prompt, prompt_wait).map_err(|_| {
+                "the keychain has no default keyring and none was created".to_string()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Shows a prompt and waits, at most `wait`, for it to complete; a
+    /// prompt still open then is dismissed.
+    fn run_prompt(conn: &Connection, prompt: Path<'static>, wait: Duration) -> Result<(), String> {
+        let done: Arc<Mutex<Option<bool>>> = Arc::default();
+        let seen = done.clone();
+        let rule = MatchRule::new_signal(PROMPT, "Completed").with_path(prompt.clone());
+        let token = conn
+            .add_match(rule, move |(dismissed,): (bool,), _: &Connection, _| {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(dismissed);
+                false
+            })
+            .map_err(call_failed)?;
+        let proxy = conn.with_proxy(DEST, prompt, CALL_TIMEOUT);
+        let outcome = (|| -> Result<(), String> {
+            proxy
+                .method_call::<(), _, _, _>(PROMPT, "Prompt", ("",))
+                .map_err(call_failed)?;
+            let deadline = Instant::now() + wait;
+            loop {
+                if let Some(dismissed) = *done.lock().unwrap_or_else(|p| p.into_inner()) {
+                    return if dismissed {
+                        Err("the keychain is locked and its unlock prompt was dismissed".into())
+                    } else {
+                        Ok(())
+                    };
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = proxy.method_call::<(), _, _, _>(PROMPT, "Dismiss", ());
+                    return Err(format!(
+                        "the keychain is locked and its unlock prompt was not answered within {} s",
+                        wait.as_secs()
+                    ));
+                }
+                conn.process(left.min(Duration::from_millis(250)))
+                    .map_err(call_failed)?;
+            }
+        })();
+        let _ = conn.remove_match(token);
+        outcome
     }
 }
 
@@ -205,6 +399,9 @@ impl Vault for UnavailableVault {
         Err(self.error.clone())
     }
     fn delete(&self, _: &str) -> Result<()> {
+        Err(self.error.clone())
+    }
+    fn ready_to_store(&self) -> Result<()> {
         Err(self.error.clone())
     }
 }
@@ -291,5 +488,9 @@ impl Vault for MemoryVault {
         self.with(|m| {
             m.remove(account);
         })
+    }
+
+    fn ready_to_store(&self) -> Result<()> {
+        self.with(|_| ())
     }
 }
