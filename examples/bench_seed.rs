@@ -33,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 1..=count {
         let body = format!("Note {i} of the start-up benchmark.\n").repeat(20);
         engine
-            .save_note(None, format!("Benchmark note {i}"), body)
+            .save_note(None, None, format!("Benchmark note {i}"), body)
             .await?;
     }
     let status = engine.sync_now().await?;

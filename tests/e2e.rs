@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, free_port, revoke_user_now, server_notes};
+use common::{TestServer, free_port, revoke_user_now, server_changes, server_notes};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const INNER_ENV: &str = "LATCHKEY_E2E_SESSION";
@@ -41,6 +41,12 @@ fn shots_dir() -> PathBuf {
 /// Runs `inner` in Xvfb + its own D-Bus session, with an unlocked
 /// gnome-keyring unless `keyring` is false.
 fn in_desktop_session(inner: &str, keyring: bool) {
+    // One window at a time: two Xvfb sessions on a small machine would
+    // slow each other past the timing checks.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for tool in ["xvfb-run", "dbus-run-session", "WebKitWebDriver"] {
         assert!(
             which(tool).is_some(),
@@ -81,6 +87,8 @@ fn in_desktop_session(inner: &str, keyring: bool) {
         .env("XDG_CONFIG_HOME", home.path().join("config"))
         .env("XDG_CACHE_HOME", home.path().join("cache"))
         .env("XDG_RUNTIME_DIR", home.path())
+        // Nobody answers the keychain's prompt in Xvfb: give up soon.
+        .env("LATCHKEY_KEYCHAIN_PROMPT_WAIT", "3")
         .output()
         .expect("run xvfb-run");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -385,6 +393,179 @@ async fn write_note(c: &Client, index: Option<usize>, title: &str, body: &str) {
     click(c, "note-title").await;
 }
 
+/// The value of an input or textarea (its text as the user sees it).
+async fn value(c: &Client, id: &str) -> String {
+    js(
+        c,
+        &format!(
+            "const e = document.querySelector('{}'); return e ? e.value : null;",
+            tid(id)
+        ),
+    )
+    .await
+    .as_str()
+    .unwrap_or("")
+    .to_string()
+}
+
+/// Types `keys` into `id` where its caret is, without clearing it first.
+async fn type_keys(c: &Client, id: &str, keys: &str) -> Result<(), fantoccini::error::CmdError> {
+    c.find(Locator::Css(&tid(id))).await?.send_keys(keys).await
+}
+
+/// Polls until `id`'s value is `want`; a failure says what it showed.
+async fn wait_value(c: &Client, id: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = value(c, id).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} shows {got:?}, expected {want:?} within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many notes in the list carry the "conflict copy" tag.
+async fn conflict_tags(c: &Client) -> usize {
+    js(
+        c,
+        "return document.querySelectorAll('[data-testid=\"note-item\"] .conflict-tag').length;",
+    )
+    .await
+    .as_u64()
+    .unwrap_or(0) as usize
+}
+
+/// Another device of the same user, driven over HTTP: its own session
+/// (password grant), pulls and pushes as the app would.
+struct OtherDevice {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl OtherDevice {
+    async fn sign_in(url: &str, user: &str, pw: &str) -> Self {
+        let http = reqwest::Client::new();
+        let tok: serde_json::Value = http
+            .post(format!("{url}/v1/auth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", user),
+                ("password", pw),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = tok["access_token"].as_str().expect("a token").to_string();
+        OtherDevice {
+            http,
+            url: url.to_string(),
+            token,
+        }
+    }
+
+    /// The one live note titled `title`, as the server holds it now.
+    async fn note(&self, title: &str) -> latchkey_protocol::Change {
+        let mut since = 0;
+        let mut found = std::collections::BTreeMap::new();
+        loop {
+            let page: latchkey_protocol::PullResponse = self
+                .http
+                .get(format!(
+                    "{}/v1/sync/pull?since={since}&limit=1000",
+                    self.url
+                ))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for c in page.changes {
+                found.insert(c.note_id, c);
+            }
+            since = page.cursor;
+            if !page.more {
+                break;
+            }
+        }
+        let mut hits: Vec<_> = found
+            .into_values()
+            .filter(|c| !c.deleted && c.title == title)
+            .collect();
+        assert_eq!(hits.len(), 1, "one note titled {title:?} on the server");
+        hits.pop().unwrap()
+    }
+
+    /// Edits `note` on its current rev (so the server applies it).
+    async fn edit(&self, note: &latchkey_protocol::Change, body: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let op = serde_json::json!({ "ops": [{
+            "action": "upsert",
+            "op_id": random_uuid(),
+            "note_id": note.note_id,
+            "base_rev": note.rev,
+            "title": note.title,
+            "body": body,
+            "client_time": now.as_secs(),
+        }]});
+        let res = self
+            .http
+            .post(format!("{}/v1/sync/push", self.url))
+            .bearer_auth(&self.token)
+            .json(&op)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "push: {}", res.status());
+        let answer: latchkey_protocol::PushResponse = res.json().await.unwrap();
+        assert_eq!(
+            answer.results[0].status,
+            latchkey_protocol::OpStatus::Applied,
+            "the other device's edit: {answer:?}"
+        );
+    }
+}
+
+/// A random v4 UUID (an op id), with no crate for it.
+fn random_uuid() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        );
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 #[test]
 fn real_window_end_to_end() {
     in_desktop_session("inner_real_window", true);
@@ -556,6 +737,309 @@ fn inner_real_window() {
         );
         assert_eq!(notes.len(), 4);
         shot(&c, "09-synced-after-sign-in").await;
+        quit(c, work.path()).await;
+    });
+}
+
+/// Issue 10, "nothing lost", as seen in the real window: another device's
+/// edit shows in the open note at once; typing over a stale version keeps
+/// both texts (a conflict copy); a new note opens at once behind a slow
+/// save; keystrokes typed as the session is revoked survive.
+#[test]
+fn real_window_nothing_lost() {
+    in_desktop_session("inner_nothing_lost", true);
+}
+
+#[test]
+#[ignore = "runs inside Xvfb + its own D-Bus session, started by the test above"]
+fn inner_nothing_lost() {
+    assert!(std::env::var_os(INNER_ENV).is_some());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = TestServer::start(&[]);
+        server.add_user("nora", PW);
+        let url = server.url();
+        let work = tempfile::tempdir().unwrap();
+        let wrapper = app_wrapper(work.path());
+        let _log = LogOnFailure(work.path().join("app.log"));
+        let driver = Driver::start();
+        let c = launch(&driver, &wrapper).await;
+        sign_in(&c, &url, "nora", PW).await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+
+        // 11. the open note changes on another device while the user is
+        // not typing: the editor shows the new text at once, and a
+        // keystroke then keeps it (nothing lost, no conflict)
+        write_note(&c, None, "Shared", "written on the laptop").await;
+        wait_text(&c, "status-pending", "0", 20).await;
+        let phone = OtherDevice::sign_in(&url, "nora", PW).await;
+        let shared = phone.note("Shared").await;
+        assert_eq!(shared.body, "written on the laptop");
+        phone.edit(&shared, "rewritten on the phone").await;
+        click(&c, "sync-now").await;
+        wait_value(&c, "note-body", "rewritten on the phone", 30).await;
+        assert_eq!(value(&c, "note-title").await, "Shared");
+        shot(&c, "11-other-device-edit-shown").await;
+        type_keys(&c, "note-body", &format!("{}, then the laptop", char::from(fantoccini::key::Key::End)))
+            .await
+            .unwrap();
+        wait_value(&c, "note-body", "rewritten on the phone, then the laptop", 5).await;
+        click(&c, "note-title").await; // leaving the field saves at once
+        wait_until("the keystroke on the server", 30, || async {
+            server_notes(&url, "nora", PW).await
+                == vec![(
+                    "Shared".to_string(),
+                    "rewritten on the phone, then the laptop".to_string(),
+                    false,
+                )]
+        })
+        .await;
+        wait_text(&c, "status-pending", "0", 20).await;
+        assert_eq!(conflict_tags(&c).await, 0, "no conflict copy was needed");
+
+        // 12. the user types in the open note while the other device's
+        // edit arrives (the save is on a stale version): both texts are
+        // kept, the user's in a conflict copy the list marks
+        let shared = phone.note("Shared").await;
+        let mut mine = value(&c, "note-body").await;
+        let end = char::from(fantoccini::key::Key::End).to_string();
+        type_keys(&c, "note-body", &end).await.unwrap();
+        for chunk in [" / typed", " while"] {
+            type_keys(&c, "note-body", chunk).await.unwrap();
+            mine.push_str(chunk);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        phone.edit(&shared, "the phone's second text").await;
+        // "Sync now" without taking the focus from the editor, as the 30 s
+        // pull would
+        js(
+            &c,
+            &format!("document.querySelector('{}').click(); return true;", tid("sync-now")),
+        )
+        .await;
+        let typing_since = Instant::now();
+        let mut i = 0;
+        loop {
+            let sync_done = !js(
+                &c,
+                &format!("return document.querySelector('{}').disabled;", tid("sync-now")),
+            )
+            .await
+            .as_bool()
+            .unwrap_or(false);
+            if (sync_done && typing_since.elapsed() > Duration::from_millis(1500))
+                || typing_since.elapsed() > Duration::from_secs(10)
+            {
+                break;
+            }
+            let chunk = format!(" w{i}");
+            type_keys(&c, "note-body", &chunk).await.unwrap();
+            mine.push_str(&chunk);
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(value(&c, "note-body").await, mine, "what the user typed");
+        click(&c, "note-title").await;
+        wait_until("a conflict copy in the list", 30, || async {
+            conflict_tags(&c).await >= 1
+        })
+        .await;
+        wait_text(&c, "status-pending", "0", 30).await;
+        let notes = server_changes(&url, "nora", PW).await;
+        let original = notes
+            .iter()
+            .find(|n| n.note_id == shared.note_id)
+            .expect("the shared note");
+        assert_eq!(
+            (original.title.as_str(), original.body.as_str(), original.deleted),
+            ("Shared", "the phone's second text", false),
+            "the other device's text stays in the note"
+        );
+        // A copy made on this device reaches the server as a plain upsert
+        // (the push carries no `conflict_of`), so there it is a conflict
+        // copy by its title; one the server made is marked as well.
+        let copy = notes.iter().find(|n| n.body == mine && !n.deleted);
+        assert!(
+            copy.is_some_and(|n| n.note_id != shared.note_id
+                && n.title == "Shared (conflict copy)"
+                && n.conflict_of.is_none_or(|of| of == shared.note_id)),
+            "the user's text {mine:?} in a conflict copy: {notes:?}"
+        );
+        assert!(
+            note_titles(&c)
+                .await
+                .contains(&"Shared (conflict copy)".to_string()),
+            "{:?}",
+            note_titles(&c).await
+        );
+        // the user's text is still in front of them, in the copy
+        assert_eq!(value(&c, "note-body").await, mine);
+        assert_eq!(value(&c, "note-title").await, "Shared (conflict copy)");
+        shot(&c, "12-conflict-copy").await;
+
+        // 13. "New note" right after a 3 MiB edit: the new empty editor
+        // shows at once, while the big save runs, and what is typed lands
+        // in the new note
+        let (line, lines) = ("a line of the big note 012345678\n", 3 * 1024 * 1024 / 33);
+        let big = format!("BIG START\n{}BIG END", line.repeat(lines));
+        click(&c, "note-new").await;
+        fill(&c, "note-title", "Big note").await;
+        js(
+            &c,
+            &format!(
+                "const b = document.querySelector('{}'); b.value = 'BIG START\\n' + {line:?}.repeat({lines}) + 'BIG END'; b.dispatchEvent(new Event('input', {{ bubbles: true }})); return b.value.length;",
+                tid("note-body")
+            ),
+        )
+        .await;
+        click(&c, "note-new").await;
+        let clicked = Instant::now();
+        let at_once = js(
+            &c,
+            &format!(
+                "return [document.querySelector('{}').value, document.querySelector('{}').value.length];",
+                tid("note-title"),
+                tid("note-body")
+            ),
+        )
+        .await;
+        let big_listed = || async {
+            note_titles(&c).await.contains(&"Big note".to_string())
+        };
+        // (the big note is listed once its save is done)
+        let saved_before = big_listed().await;
+        assert_eq!(
+            at_once,
+            serde_json::json!(["", 0]),
+            "the new empty editor shows at once (title, body length)"
+        );
+        type_keys(&c, "note-title", "Typed at once").await.unwrap();
+        shot(&c, "13-new-note-during-big-save").await;
+        wait_until("the big note in the list", 60, big_listed).await;
+        eprintln!(
+            "e2e: the big save was done {:?} after the click",
+            clicked.elapsed()
+        );
+        // else the old editor, which waited for the save, would pass too
+        assert!(
+            !saved_before,
+            "the big save was done before the editor was checked: the check proves nothing"
+        );
+        click(&c, "note-body").await;
+        wait_value(&c, "note-title", "Typed at once", 5).await;
+        wait_until("the big note and the new one on the server", 90, || async {
+            let titles: Vec<String> = server_notes(&url, "nora", PW)
+                .await
+                .into_iter()
+                .map(|n| n.0)
+                .collect();
+            titles.contains(&"Big note".to_string()) && titles.contains(&"Typed at once".to_string())
+        })
+        .await;
+        wait_text(&c, "status-pending", "0", 60).await;
+        let notes = server_notes(&url, "nora", PW).await;
+        let bigs: Vec<_> = notes.iter().filter(|n| n.1.starts_with("BIG START")).collect();
+        assert_eq!(bigs.len(), 1, "one big note");
+        assert_eq!(bigs[0].0, "Big note", "the big note's title");
+        assert!(
+            bigs[0].1 == big,
+            "the big note's body is intact ({} bytes, expected {}; contains the typed keys: {})",
+            bigs[0].1.len(),
+            big.len(),
+            bigs[0].1.contains("Typed")
+        );
+        let typed: Vec<_> = notes.iter().filter(|n| n.0.contains("Typed")).collect();
+        assert_eq!(
+            typed.iter().map(|n| (n.0.as_str(), n.1.as_str())).collect::<Vec<_>>(),
+            vec![("Typed at once", "")],
+            "the typed title in a note of its own"
+        );
+        let titles = note_titles(&c).await;
+        for t in ["Big note", "Typed at once"] {
+            assert!(titles.contains(&t.to_string()), "{t} in the list: {titles:?}");
+        }
+
+        // 14. revoked while typing: the last keystrokes are saved before
+        // the sign-in form shows, and sync after signing in again
+        write_note(&c, None, "Draft", "typed before the revocation.").await;
+        wait_text(&c, "status-pending", "0", 30).await;
+        let before = value(&c, "note-body").await;
+        // What the editor held, and said, the moment the sign-in form came
+        // up (an observer runs right after the change, before any later
+        // keystroke): a chunk of keys can be cut by the form, so what the
+        // WebDriver typed is not exactly what the user had typed.
+        js(
+            &c,
+            &format!(
+                "const form = document.getElementById('signin'), body = document.querySelector('{}');
+                 new MutationObserver(() => {{
+                   if (!form.hidden && window.e2eAtForm === undefined)
+                     window.e2eAtForm = [body.value, document.getElementById('save-state').textContent];
+                 }}).observe(form, {{ attributes: true }});
+                 return true;",
+                tid("note-body")
+            ),
+        )
+        .await;
+        revoke_user_now(&server, "nora", PW).await;
+        type_keys(&c, "note-body", &end).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut sent = before.clone();
+        let mut chunks = 0;
+        loop {
+            if visible(&c, "login-submit").await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no sign-in form within 60 s of typing after the revocation"
+            );
+            let chunk = format!(" k{chunks:02}");
+            let typed = type_keys(&c, "note-body", &chunk).await;
+            sent.push_str(&chunk);
+            chunks += 1;
+            if typed.is_err() {
+                continue; // the form came up as this was typed
+            }
+            // typing speed, with a pause now and then that lets a save start
+            // (and, half a second later, the sync that notices the
+            // revocation, while the user types on)
+            let pause = if chunks % 12 == 1 { 700 } else { 150 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let at_form = js(&c, "return window.e2eAtForm || null;").await;
+        eprintln!("e2e: {chunks} chunks sent; as the session ended the editor held and said {at_form}");
+        let typed = at_form[0].as_str().expect("the editor's text as the form came up");
+        assert!(
+            sent.starts_with(typed) && typed.len() >= before.len() + " k00 k01".len(),
+            "the editor held {typed:?} as the form came up; {sent:?} was sent"
+        );
+        // else nothing was unsaved as the session ended, and this step
+        // proves nothing
+        assert_eq!(
+            at_form[1], "Editing…",
+            "the session ended while the last keystrokes were unsaved"
+        );
+        shot(&c, "14-revoked-while-typing").await;
+        let context = js(&c, "return document.getElementById('login-context').textContent").await;
+        assert!(
+            context.as_str().unwrap().contains("signed out by the server"),
+            "{context}"
+        );
+        fill(&c, "login-password", PW).await;
+        click(&c, "login-submit").await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+        wait_text(&c, "status-pending", "0", 30).await;
+        let draft = server_notes(&url, "nora", PW)
+            .await
+            .into_iter()
+            .find(|n| n.0 == "Draft")
+            .expect("the draft on the server");
+        assert_eq!(
+            draft.1, typed,
+            "the draft on the server holds all that was typed before the form came up"
+        );
+        shot(&c, "15-typed-text-synced-after-sign-in").await;
         quit(c, work.path()).await;
     });
 }

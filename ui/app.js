@@ -40,10 +40,7 @@ function render(st) {
     ? `Locked: ${st.locked_reason || "connect to the server to continue"}. Your notes are safe and will be back once Latchkey reaches the server.`
     : "";
   $("workspace").hidden = locked;
-  const err = st.last_error;
-  const showErr = err && !locked && !["network", "working_offline"].includes(err.code);
-  $("error-banner").hidden = !showErr;
-  $("error-banner").textContent = showErr ? sentence(err) : "";
+  renderBanner();
   const key = `${st.state}|${st.pending}|${st.notes_changed}|${st.last_sync_at}|${st.user && st.user.id}`;
   if (!locked && key !== listKey) {
     listKey = key;
@@ -169,10 +166,11 @@ async function refreshList() {
       meta.textContent = n.preview || "";
       li.append(title, meta);
       if (n.conflict_of) {
+        // Before the title: a long title is cut short, the tag must show.
         const tag = document.createElement("span");
         tag.className = "conflict-tag";
         tag.textContent = "conflict copy";
-        title.append(" ", tag);
+        title.prepend(tag, " ");
       }
       if (n.pending) {
         const dot = document.createElement("span");
@@ -324,7 +322,23 @@ async function deleteCurrent() {
   refreshList();
 }
 
+/** A sentence for the banner from the app itself (a failed action, a
+ *  conflict copy): shown for a while, whatever status updates come. */
+let notice = null;
+const NOTICE_MS = 15000;
+
 function showBanner(text) {
+  notice = text ? { text, until: Date.now() + NOTICE_MS } : null;
+  renderBanner();
+  if (notice) setTimeout(renderBanner, NOTICE_MS + 50);
+}
+
+/** The engine's last error, else the app's notice while it lasts. */
+function renderBanner() {
+  const err = status && status.last_error;
+  const locked = status && status.state === "locked";
+  const showErr = err && !locked && !["network", "working_offline"].includes(err.code);
+  const text = showErr ? sentence(err) : notice && Date.now() < notice.until ? notice.text : "";
   $("error-banner").textContent = text;
   $("error-banner").hidden = !text;
 }

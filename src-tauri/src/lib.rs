@@ -9,6 +9,7 @@ mod state;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use latchkey_client::vault::UNLOCK_PROMPT_WAIT;
 use latchkey_client::{Config, Engine, ReqwestHttp, SystemClock, system_vault};
 use tauri::{Builder, Emitter as _, Manager as _, Runtime, WindowEvent};
 
@@ -27,13 +28,15 @@ pub const KEYCHAIN_SERVICE: &str = "latchkey";
 fn engine_config(data_dir: std::path::PathBuf, work_offline: bool) -> Config {
     let mut config = Config::new(data_dir);
     config.work_offline = work_offline;
-    if let Some(secs) = std::env::var("LATCHKEY_OFFLINE_GRACE")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-    {
+    if let Some(secs) = env_secs("LATCHKEY_OFFLINE_GRACE") {
         config.offline_grace = Duration::from_secs(secs);
     }
     config
+}
+
+/// A number of seconds from the environment (unset or not a number: none).
+fn env_secs(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
 /// The app's builder, generic over the runtime so tests can use a mock.
@@ -54,8 +57,11 @@ pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             let settings = state::read_settings(&handle);
             let data_dir = app.path().app_data_dir()?.join("engine");
             let http = Arc::new(ReqwestHttp::new(Duration::from_secs(3))?);
+            let unlock_wait = env_secs("LATCHKEY_KEYCHAIN_PROMPT_WAIT")
+                .map_or(UNLOCK_PROMPT_WAIT, Duration::from_secs);
             let vault = tauri::async_runtime::block_on(async {
-                tokio::task::spawn_blocking(|| system_vault(KEYCHAIN_SERVICE)).await
+                tokio::task::spawn_blocking(move || system_vault(KEYCHAIN_SERVICE, unlock_wait))
+                    .await
             })?;
             let config = engine_config(data_dir, settings.work_offline);
             let engine = tauri::async_runtime::block_on(Engine::start(

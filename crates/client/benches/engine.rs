@@ -1013,6 +1013,7 @@ async fn sync_round(server: &Server, notes: &[(String, String)], round: usize) -
                 title: title.clone(),
                 body: body.clone(),
                 client_time: i as i64,
+                conflict_of: None,
             }],
         };
         let res = client

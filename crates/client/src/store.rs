@@ -305,9 +305,12 @@ impl LocalStore {
         // The same order as `ORDER BY sent DESC, seq`, as two scans in seq
         // order that stop at `max` rows instead of one sort of the whole
         // outbox (bodies included) per batch.
-        const SENT: &str = "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent \
+        // A new note made as a conflict copy here says what it copies.
+        const SENT: &str = "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent, \
+             CASE base_rev WHEN 0 THEN (SELECT conflict_of FROM notes n WHERE n.note_id = outbox.note_id) END \
              FROM outbox INDEXED BY outbox_sent WHERE sent = 1 ORDER BY seq LIMIT ?1";
-        const UNSENT: &str = "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent \
+        const UNSENT: &str = "SELECT seq, op_id, note_id, base_rev, action, title, body, client_time, sent, \
+             CASE base_rev WHEN 0 THEN (SELECT conflict_of FROM notes n WHERE n.note_id = outbox.note_id) END \
              FROM outbox WHERE sent = 0 AND base_rev IS NOT NULL \
              AND note_id NOT IN (SELECT note_id FROM outbox WHERE sent = 1) ORDER BY seq LIMIT ?1";
         let scans: &[&str] = if resend { &[SENT, UNSENT] } else { &[UNSENT] };
@@ -338,6 +341,11 @@ impl LocalStore {
                         title: r.get(5)?,
                         body: r.get(6)?,
                         client_time: r.get(7)?,
+                        conflict_of: r
+                            .get::<_, Option<String>>(9)?
+                            .as_deref()
+                            .map(uuid)
+                            .transpose()?,
                     },
                 };
                 let size = op_json_bytes(&op);

@@ -407,10 +407,11 @@ impl Vault for UnavailableVault {
 }
 
 /// The OS keychain if one is reachable, else an [`UnavailableVault`]
-/// carrying the reason.
-pub fn system_vault(service: &str) -> std::sync::Arc<dyn Vault> {
+/// carrying the reason. A sign-in waits at most `unlock_wait` for the
+/// keychain's unlock prompt to be answered.
+pub fn system_vault(service: &str, unlock_wait: Duration) -> std::sync::Arc<dyn Vault> {
     match KeyringVault::new(service) {
-        Ok(v) => std::sync::Arc::new(v),
+        Ok(v) => std::sync::Arc::new(v.with_unlock_wait(unlock_wait)),
         Err(error) => std::sync::Arc::new(UnavailableVault { error }),
     }
 }

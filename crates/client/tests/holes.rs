@@ -136,6 +136,12 @@ async fn a_save_on_a_note_changed_elsewhere_keeps_both_texts() {
         .unwrap();
     assert_ne!(on.id, note.id);
     synced(&a).await;
+    // The copies made here are marked as such for every device.
+    let changes = server_changes(&server.url(), "ann", PW).await;
+    let copy = changes.iter().find(|c| c.note_id == on.id).unwrap();
+    assert_eq!(copy.conflict_of, Some(note.id));
+    synced(&b).await;
+    assert_eq!(b.get_note(on.id).await.unwrap().conflict_of, Some(note.id));
     let all = bodies(&server_notes(&server.url(), "ann", PW).await);
     for text in [
         "B again",
@@ -302,6 +308,7 @@ async fn an_edit_after_a_lost_sent_mark_reaches_the_server() {
                     title: r.get(3)?,
                     body: r.get(4)?,
                     client_time: r.get(5)?,
+                    conflict_of: None,
                 })
             },
         )

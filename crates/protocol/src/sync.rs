@@ -55,6 +55,12 @@ pub enum Op {
         title: String,
         body: String,
         client_time: i64,
+        /// For a new note made as a conflict copy on the device: the note
+        /// it was split from (the server keeps it as the note's
+        /// `conflict_of`, so every device marks the copy). An addition to
+        /// PROTOCOL.md that a v1 server ignores.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conflict_of: Option<Uuid>,
     },
     Delete {
         op_id: Uuid,

@@ -349,6 +349,7 @@ async fn push(conn: &mut Conn, auth: &HeaderValue, notes: &[Uuid]) -> anyhow::Re
             title: "Groceries".into(),
             body: "eggs, milk, a loaf of bread and some coffee".into(),
             client_time,
+            conflict_of: None,
         })
         .collect();
     let body = serde_json::to_vec(&PushRequest { ops })?;

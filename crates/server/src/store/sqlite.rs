@@ -517,14 +517,24 @@ fn apply_op(
     };
     if op.base_rev() == current_rev {
         let note = match op {
-            Op::Upsert { title, body, .. } => Change {
+            Op::Upsert {
+                title,
+                body,
+                conflict_of,
+                ..
+            } => Change {
                 note_id,
                 rev: next_rev(),
                 title: title.clone(),
                 body: body.clone(),
                 deleted: false,
                 updated_at: now,
-                conflict_of: current.as_ref().and_then(|n| n.conflict_of),
+                // A note keeps what it was split from; a new one may be a
+                // copy the device made.
+                conflict_of: match &current {
+                    Some(n) => n.conflict_of,
+                    None => *conflict_of,
+                },
             },
             // Deleting what is already a tombstone changes nothing.
             Op::Delete { .. } if current.as_ref().is_some_and(|n| n.deleted) => return Ok(result),
@@ -989,6 +999,7 @@ mod tests {
             title: title.into(),
             body: format!("{title} body"),
             client_time: 1,
+            conflict_of: None,
         }
     }
 
@@ -1012,6 +1023,7 @@ mod tests {
                     title: "t".into(),
                     body: body.clone(),
                     client_time: 1,
+                    conflict_of: None,
                 })
                 .collect();
             store.push(&user.id, ops, 2).await.unwrap();
