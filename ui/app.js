@@ -166,11 +166,11 @@ async function refreshList() {
       meta.textContent = n.preview || "";
       li.append(title, meta);
       if (n.conflict_of) {
-        // Before the title: a long title is cut short, the tag must show.
+        // On the preview line: a long title is cut short, the tag must show.
         const tag = document.createElement("span");
         tag.className = "conflict-tag";
         tag.textContent = "conflict copy";
-        title.prepend(tag, " ");
+        meta.prepend(tag, " ");
       }
       if (n.pending) {
         const dot = document.createElement("span");
