@@ -16,6 +16,10 @@ const saving = new Set();
 /** Drafts no longer shown whose save failed: tried again with the next save. */
 const unsaved = new Set();
 let listKey = "";
+/** A sentence for the banner from the app itself (a failed action, a
+ *  conflict copy): shown for a while, whatever status updates come. */
+let notice = null;
+const NOTICE_MS = 15000;
 
 // ---- screens -------------------------------------------------------------
 
@@ -226,6 +230,8 @@ function showDraft() {
 
 async function openNote(id) {
   const chain = flush();
+  notice = null; // about the note left behind
+  renderBanner();
   // Only a save of this very note is waited for: its text is what opens.
   if ([...saving].some((d) => d.id === id)) await chain;
   try {
@@ -241,6 +247,8 @@ async function openNote(id) {
  *  slow) goes on behind it, and what is typed lands in the new note. */
 function newNote() {
   flush();
+  notice = null; // about the note left behind
+  renderBanner();
   draft = { id: null, version: null, title: "", body: "", conflictOf: null, dirty: false };
   showDraft();
   $("note-title").focus();
@@ -322,10 +330,6 @@ async function deleteCurrent() {
   refreshList();
 }
 
-/** A sentence for the banner from the app itself (a failed action, a
- *  conflict copy): shown for a while, whatever status updates come. */
-let notice = null;
-const NOTICE_MS = 15000;
 
 function showBanner(text) {
   notice = text ? { text, until: Date.now() + NOTICE_MS } : null;
