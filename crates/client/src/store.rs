@@ -209,19 +209,21 @@ impl LocalStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let key = id.to_string();
-        let current: Option<(i64, i64, bool, String, String)> = tx
-            .prepare_cached(
-                "SELECT rev, version, deleted, title, body FROM notes WHERE note_id = ?1",
-            )?
-            .query_row([&key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
+        let current: Option<(i64, i64, bool)> = tx
+            .prepare_cached("SELECT rev, version, deleted FROM notes WHERE note_id = ?1")?
+            .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         // A stale save over a live text that differs: keep both. (Over a
         // tombstone the edit wins, as a delete always loses to an edit.)
-        let stale = match (&current, base_version) {
-            (Some((_, version, deleted, cur_title, cur_body)), Some(base)) => {
-                *version != base && !deleted && (cur_title != title || cur_body != body)
+        // The text is read only then: most saves are on the current version.
+        let stale = match (current, base_version) {
+            (Some((_, version, false)), Some(base)) if version != base => {
+                let same: bool = tx
+                    .prepare_cached(
+                        "SELECT title = ?2 AND body = ?3 FROM notes WHERE note_id = ?1",
+                    )?
+                    .query_row(params![key, title, body], |r| r.get(0))?;
+                !same
             }
             _ => false,
         };
@@ -242,7 +244,7 @@ impl LocalStore {
                  updated_at = excluded.updated_at, version = notes.version + 1",
             )?
             .execute(params![key, title, body, now])?;
-            let rev = current.as_ref().map_or(0, |c| c.0);
+            let rev = current.map_or(0, |c| c.0);
             queue(&tx, &key, "upsert", title, body, rev, now)?;
             id
         };
