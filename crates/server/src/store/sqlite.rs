@@ -511,45 +511,11 @@ fn apply_op(
         copy_rev: None,
         server_note: None,
     };
-    let mut next_rev = || {
-        *last_rev += 1;
-        *last_rev
-    };
     if op.base_rev() == current_rev {
-        let note = match op {
-            Op::Upsert {
-                title,
-                body,
-                conflict_of,
-                ..
-            } => Change {
-                note_id,
-                rev: next_rev(),
-                title: title.clone(),
-                body: body.clone(),
-                deleted: false,
-                updated_at: now,
-                // A note keeps what it was split from; a new one may be a
-                // copy the device made.
-                conflict_of: match &current {
-                    Some(n) => n.conflict_of,
-                    None => *conflict_of,
-                },
-            },
-            // Deleting what is already a tombstone changes nothing.
-            Op::Delete { .. } if current.as_ref().is_some_and(|n| n.deleted) => return Ok(result),
-            Op::Delete { .. } => Change {
-                note_id,
-                rev: next_rev(),
-                title: String::new(),
-                body: String::new(),
-                deleted: true,
-                updated_at: now,
-                conflict_of: current.as_ref().and_then(|n| n.conflict_of),
-            },
-        };
-        write_note(tx, user_id, &note)?;
-        result.rev = note.rev;
+        if let Some(note) = new_version(op, current.as_ref(), last_rev, now) {
+            write_note(tx, user_id, &note)?;
+            result.rev = note.rev;
+        }
         return Ok(result);
     }
     // A conflict: the server's version stays. A note the server does not
@@ -564,31 +530,167 @@ fn apply_op(
         updated_at: now,
         conflict_of: None,
     }));
-    if let Op::Upsert {
-        op_id, title, body, ..
-    } = op
-    {
-        let mut copy_id = Uuid::new_v5(&CONFLICT_COPY_NAMESPACE, op_id.as_bytes());
-        // Taken only when this op id was seen before and its result pruned
-        // since: the copy made then (maybe edited) must not be overwritten.
-        // The new result is recorded, so a retry still makes no third copy.
-        if note_exists(tx, user_id, &copy_id.to_string())? {
-            copy_id = Uuid::now_v7();
-        }
-        let copy = Change {
-            note_id: copy_id,
-            rev: next_rev(),
-            title: conflict_copy_title(title),
-            body: body.clone(),
-            deleted: false,
-            updated_at: now,
-            conflict_of: Some(note_id),
-        };
-        write_note(tx, user_id, &copy)?;
+    if let Some(copy) = write_conflict_copy(tx, user_id, op, last_rev, now)? {
         result.conflict_copy_id = Some(copy.note_id);
         result.copy_rev = Some(copy.rev);
     }
     Ok(result)
+}
+
+/// The user's next rev, taken.
+fn next_rev(last_rev: &mut i64) -> i64 {
+    *last_rev += 1;
+    *last_rev
+}
+
+/// What `op` makes of `current` when it is based on its latest rev; None
+/// when it changes nothing.
+fn new_version(op: &Op, current: Option<&Change>, last_rev: &mut i64, now: i64) -> Option<Change> {
+    let note_id = op.note_id();
+    match op {
+        Op::Upsert {
+            title,
+            body,
+            conflict_of,
+            ..
+        } => Some(Change {
+            note_id,
+            rev: next_rev(last_rev),
+            title: title.clone(),
+            body: body.clone(),
+            deleted: false,
+            updated_at: now,
+            // A note keeps what it was split from; a new one may be a
+            // copy the device made.
+            conflict_of: match current {
+                Some(n) => n.conflict_of,
+                None => *conflict_of,
+            },
+        }),
+        // Deleting what is already a tombstone changes nothing.
+        Op::Delete { .. } if current.is_some_and(|n| n.deleted) => None,
+        Op::Delete { .. } => Some(Change {
+            note_id,
+            rev: next_rev(last_rev),
+            title: String::new(),
+            body: String::new(),
+            deleted: true,
+            updated_at: now,
+            conflict_of: current.and_then(|n| n.conflict_of),
+        }),
+    }
+}
+
+/// For an upsert that conflicts, the conflict copy keeping its text,
+/// written; a delete that conflicts keeps nothing.
+fn write_conflict_copy(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    op: &Op,
+    last_rev: &mut i64,
+    now: i64,
+) -> Result<Option<Change>> {
+    let Op::Upsert {
+        op_id, title, body, ..
+    } = op
+    else {
+        return Ok(None);
+    };
+    let mut copy_id = Uuid::new_v5(&CONFLICT_COPY_NAMESPACE, op_id.as_bytes());
+    // Taken only when this op id was seen before and its result pruned
+    // since: the copy made then (maybe edited) must not be overwritten.
+    // The new result is recorded, so a retry still makes no third copy.
+    if note_exists(tx, user_id, &copy_id.to_string())? {
+        copy_id = Uuid::now_v7();
+    }
+    let copy = Change {
+        note_id: copy_id,
+        rev: next_rev(last_rev),
+        title: conflict_copy_title(title),
+        body: body.clone(),
+        deleted: false,
+        updated_at: now,
+        conflict_of: Some(op.note_id()),
+    };
+    write_note(tx, user_id, &copy)?;
+    Ok(Some(copy))
+}
+
+/// [`Store::refresh`] in its transaction: rotates `presented` to `next`,
+/// with reuse detection and the retry exception.
+fn rotate_refresh(
+    tx: &Transaction<'_>,
+    presented: TokenHash,
+    next: TokenHash,
+    now: i64,
+) -> Result<RefreshOutcome> {
+    let row: Option<(String, Option<i64>, Option<i64>)> = tx
+        .query_row(
+            "SELECT session_id, used_at, retired_at FROM refresh_tokens WHERE hash = ?1",
+            [&presented[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((sid, used_at, retired_at)) = row else {
+        return Ok(RefreshOutcome::Refused(Reason::Invalid));
+    };
+    let Some(session) = get_session(tx, &sid)? else {
+        return Ok(RefreshOutcome::Refused(Reason::Invalid));
+    };
+    if let Some(reason) = session.revoked {
+        return Ok(RefreshOutcome::Refused(reason));
+    }
+    if session.expires_at <= now {
+        return Ok(RefreshOutcome::Refused(Reason::Expired));
+    }
+    // Retired by a retry of its parent, so someone else went on with the
+    // session: two parties hold it.
+    if retired_at.is_some() || !spend(tx, &presented, used_at, now)? {
+        revoke(tx, &sid, Reason::Reused, now)?;
+        return Ok(RefreshOutcome::Refused(Reason::Reused));
+    }
+    tx.execute(
+        "INSERT INTO refresh_tokens (hash, session_id, parent, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![&next[..], sid, &presented[..], now],
+    )?;
+    Ok(RefreshOutcome::Rotated(session))
+}
+
+/// Spends the live refresh token `presented` (never used: `used_at` is
+/// None). One already spent may be spent again as a retry, which retires
+/// its successor; false when it may not: that is reuse.
+fn spend(
+    tx: &Transaction<'_>,
+    presented: &TokenHash,
+    used_at: Option<i64>,
+    now: i64,
+) -> Result<bool> {
+    let Some(used_at) = used_at else {
+        tx.execute(
+            "UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1",
+            params![&presented[..], now],
+        )?;
+        return Ok(true);
+    };
+    // Spent. A retry only if it is the token spent last, its successor was
+    // never used, and it is recent.
+    let child: Option<(Vec<u8>, Option<i64>)> = tx
+        .query_row(
+            "SELECT hash, used_at FROM refresh_tokens WHERE parent = ?1 AND retired_at IS NULL",
+            [&presented[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match child {
+        Some((child, None)) if now - used_at <= REFRESH_RETRY_WINDOW_SECS => {
+            tx.execute(
+                "UPDATE refresh_tokens SET retired_at = ?2 WHERE hash = ?1",
+                params![child, now],
+            )?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 #[async_trait]
@@ -703,68 +805,8 @@ impl Store for SqliteStore {
         next: TokenHash,
         now: i64,
     ) -> Result<RefreshOutcome> {
-        self.write(move |tx| {
-            let row: Option<(String, Option<i64>, Option<i64>)> = tx
-                .query_row(
-                    "SELECT session_id, used_at, retired_at FROM refresh_tokens WHERE hash = ?1",
-                    [&presented[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
-            let Some((sid, used_at, retired_at)) = row else {
-                return Ok(RefreshOutcome::Refused(Reason::Invalid));
-            };
-            let Some(session) = get_session(tx, &sid)? else {
-                return Ok(RefreshOutcome::Refused(Reason::Invalid));
-            };
-            if let Some(reason) = session.revoked {
-                return Ok(RefreshOutcome::Refused(reason));
-            }
-            if session.expires_at <= now {
-                return Ok(RefreshOutcome::Refused(Reason::Expired));
-            }
-            if retired_at.is_some() {
-                // Retired by a retry of its parent, so someone else went on
-                // with the session: two parties hold it.
-                revoke(tx, &sid, Reason::Reused, now)?;
-                return Ok(RefreshOutcome::Refused(Reason::Reused));
-            }
-            match used_at {
-                None => {
-                    tx.execute("UPDATE refresh_tokens SET used_at = ?2 WHERE hash = ?1", params![&presented[..], now])?;
-                }
-                Some(used_at) => {
-                    // Spent. A retry only if it is the token spent last, its
-                    // successor was never used, and it is recent.
-                    let child: Option<(Vec<u8>, Option<i64>)> = tx
-                        .query_row(
-                            "SELECT hash, used_at FROM refresh_tokens \
-                             WHERE parent = ?1 AND retired_at IS NULL",
-                            [&presented[..]],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )
-                        .optional()?;
-                    match child {
-                        Some((child, None)) if now - used_at <= REFRESH_RETRY_WINDOW_SECS => {
-                            tx.execute(
-                                "UPDATE refresh_tokens SET retired_at = ?2 WHERE hash = ?1",
-                                params![child, now],
-                            )?;
-                        }
-                        _ => {
-                            revoke(tx, &sid, Reason::Reused, now)?;
-                            return Ok(RefreshOutcome::Refused(Reason::Reused));
-                        }
-                    }
-                }
-            }
-            tx.execute(
-                "INSERT INTO refresh_tokens (hash, session_id, parent, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![&next[..], sid, &presented[..], now],
-            )?;
-            Ok(RefreshOutcome::Rotated(session))
-        })
-        .await
+        self.write(move |tx| rotate_refresh(tx, presented, next, now))
+            .await
     }
 
     async fn revoke_session(&self, session_id: &str, reason: Reason, now: i64) -> Result<bool> {
