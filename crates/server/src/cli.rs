@@ -1,178 +1,186 @@
-//! The administrative subcommands, and the `--demo` user.
+//! The command line, as clap types: the subcommands and every flag. Every
+//! flag also reads `LATCHKEY_<FLAG>`; durations are humantime (`2s`, `15m`,
+//! `30d`). The doc comments of these types are the `--help` text.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
-use latchkey_protocol::Reason;
-use rand::Rng as _;
+// Boolean flags parse with this so that their variables may say 1/0,
+// yes/no, on/off as well as true/false.
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
 
-use crate::auth::hash_password_blocking;
-use crate::config::{KeysCommand, SessionCommand, UserCommand};
-use crate::server::open_store;
-use crate::store::{Store, StoreError};
+use crate::proxy::{Cidr, TrustedProxies};
 
-/// Logs to stderr; `LATCHKEY_LOG` (e.g. `debug`) sets the filter.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+/// The Latchkey auth + sync server.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey-server", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// Usernames: 1 to 64 characters, no spaces or control characters.
-pub fn check_username(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name.chars().count() > 64 {
-        bail!("a username must be 1 to 64 characters long");
-    }
-    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        bail!("a username may not contain spaces or control characters");
-    }
-    Ok(())
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
-fn check_password(password: &str) -> anyhow::Result<()> {
-    if password.is_empty() {
-        bail!("the password is empty");
-    }
-    if password.len() > 1024 {
-        bail!("the password is longer than 1024 bytes");
-    }
-    Ok(())
+/// Where the database lives; shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DbArg {
+    /// The SQLite database file (created, mode 0600, if missing).
+    #[arg(long, env = "LATCHKEY_DB", default_value = "./latchkey-server.db")]
+    pub db: PathBuf,
 }
 
-fn read_password(from_stdin: bool) -> anyhow::Result<String> {
-    if from_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("cannot read the password from standard input")?;
-        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("no terminal to ask for the password on; pass it with --password-stdin");
-    }
-    let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
-    let second =
-        rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
-    if first != second {
-        bail!("the passwords do not match");
-    }
-    Ok(first)
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 30s, 15m, 30d)"))
 }
 
-async fn hash(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || hash_password_blocking(&password)).await?
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port (logged at start).
+    #[arg(long, env = "LATCHKEY_ADDR", default_value = "127.0.0.1:8787")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub db: DbArg,
+    /// The issuer URL put in every token's `iss` [default: http(s)://ADDR].
+    #[arg(long, env = "LATCHKEY_ISSUER")]
+    pub issuer: Option<String>,
+    /// Access-token lifetime.
+    #[arg(long, env = "LATCHKEY_ACCESS_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub access_ttl: Duration,
+    /// Absolute session lifetime: how long a sign-in lasts with refreshes.
+    #[arg(long, env = "LATCHKEY_REFRESH_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub refresh_ttl: Duration,
+    /// Clock leeway for `exp`/`nbf` (at most 60s).
+    #[arg(long, env = "LATCHKEY_LEEWAY", default_value = "30s", value_parser = parse_duration)]
+    pub leeway: Duration,
+    /// Create the user `demo` with a generated password (kept beside the
+    /// database, mode 0600) and print the credentials at every start.
+    #[arg(long, env = "LATCHKEY_DEMO", value_parser = BoolishValueParser::new())]
+    pub demo: bool,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, env = "LATCHKEY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "LATCHKEY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (passwords and tokens then
+    /// cross the network in clear: only behind a TLS-terminating proxy).
+    #[arg(long, env = "LATCHKEY_INSECURE_HTTP", value_parser = BoolishValueParser::new())]
+    pub insecure_http: bool,
+    /// A proxy (load balancer) whose X-Forwarded-For names the client, as
+    /// an address block (10.0.0.0/8, fd00::/8) or one address. Repeatable;
+    /// the variable takes a comma-separated list, used when no flag is given.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "LATCHKEY_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+    /// Sign-ins that may wait for (or run in) the password hasher at once;
+    /// past it they are answered 503 [default: 16 per hashing thread, at
+    /// least 64].
+    #[arg(long, env = "LATCHKEY_HASH_QUEUE", value_name = "N")]
+    pub hash_queue: Option<usize>,
 }
 
-pub async fn user(cmd: UserCommand) -> anyhow::Result<()> {
-    match cmd {
-        UserCommand::Add {
-            username,
-            password_stdin,
-            db,
-        } => {
-            check_username(&username)?;
-            let password = read_password(password_stdin)?;
-            check_password(&password)?;
-            let store = open_store(&db.db).await?;
-            match store
-                .create_user(&username, &hash(password).await?, crate::now())
-                .await
-            {
-                Ok(user) => println!("added user {} (id {})", user.username, user.id),
-                Err(StoreError::UserExists(name)) => bail!("a user named {name:?} already exists"),
-                Err(e) => return Err(e.into()),
-            }
+impl ServeArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.leeway > Duration::from_secs(latchkey_protocol::MAX_LEEWAY_SECS) {
+            return Err("--leeway may be at most 60s".into());
         }
-        UserCommand::List { db } => {
-            let store = open_store(&db.db).await?;
-            let mut out = std::io::stdout().lock();
-            for user in store.list_users().await? {
-                writeln!(out, "{}\t{}", user.username, user.id)?;
-            }
+        if self.access_ttl < Duration::from_secs(1) {
+            return Err("--access-ttl must be at least 1s".into());
         }
-    }
-    Ok(())
-}
-
-pub async fn session(cmd: SessionCommand) -> anyhow::Result<()> {
-    let SessionCommand::Revoke { username, db } = cmd;
-    let store = open_store(&db.db).await?;
-    match store
-        .revoke_user(&username, Reason::Revoked, crate::now())
-        .await?
-    {
-        None => bail!("there is no user named {username:?}"),
-        Some(n) => println!("revoked {n} session(s) of {username}"),
-    }
-    Ok(())
-}
-
-pub async fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
-    let KeysCommand::Rotate { db } = cmd;
-    let store = open_store(&db.db).await?;
-    let now = crate::now();
-    let key = crate::keys::generate(now);
-    let kid = key.kid.clone();
-    store.rotate_key(key, now).await?;
-    println!("new signing key {kid}; running servers switch to it within a second");
-    Ok(())
-}
-
-/// Where `--demo` keeps the demo password: beside the database.
-pub fn demo_password_path(db: &Path) -> PathBuf {
-    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".demo-password");
-    db.with_file_name(name)
-}
-
-/// Makes sure the user `demo` exists with the password kept beside the
-/// database (mode 0600), and prints how to sign in.
-pub async fn ensure_demo_user(store: &dyn Store, db: &Path, url: &str) -> anyhow::Result<()> {
-    let path = demo_password_path(db);
-    let password = match std::fs::read_to_string(&path) {
-        Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
-        _ => {
-            let password: String = rand::thread_rng()
-                .sample_iter(&rand::distributions::Alphanumeric)
-                .take(20)
-                .map(char::from)
-                .collect();
-            write_private(&path, &password)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            if !store
-                .set_password("demo", &hash(password.clone()).await?)
-                .await?
-            {
-                store
-                    .create_user("demo", &hash(password.clone()).await?, crate::now())
-                    .await?;
-            }
-            password
+        if self.refresh_ttl < Duration::from_secs(1) {
+            return Err("--refresh-ttl must be at least 1s".into());
         }
-    };
-    if store.find_user("demo").await?.is_none() {
-        store
-            .create_user("demo", &hash(password.clone()).await?, crate::now())
-            .await?;
+        if self.tls_cert.is_none() && !self.addr.ip().is_loopback() && !self.insecure_http {
+            return Err(format!(
+                "refusing to serve plain HTTP on {}, a non-loopback address: passwords and \
+                 tokens would cross the network in clear. Give --tls-cert and --tls-key, \
+                 or --insecure-http if a TLS proxy sits in front",
+                self.addr
+            ));
+        }
+        self.trusted_proxies()?;
+        if self.hash_queue == Some(0) {
+            return Err("--hash-queue must be at least 1".into());
+        }
+        if let Some(issuer) = &self.issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            return Err("--issuer must be an http:// or https:// URL".into());
+        }
+        Ok(())
     }
-    println!("demo user ready: server {url}  username demo  password {password}");
-    println!("(the password is kept in {})", path.display());
-    Ok(())
+
+    /// The parsed `--trusted-proxy` blocks, or a sentence saying which one
+    /// is wrong.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, String> {
+        self.trusted_proxy
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| {
+                c.parse::<Cidr>()
+                    .map_err(|e| format!("--trusted-proxy: {e}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
+    }
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user. Prompts for the password unless --password-stdin.
+    Add {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Revoke every session of a user (a running server notices within 1 s).
+    Revoke {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new current signing key; the old one stays in the JWKS while
+    /// tokens it signed may still be valid.
+    Rotate {
+        #[command(flatten)]
+        db: DbArg,
+    },
 }

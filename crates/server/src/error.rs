@@ -1,14 +1,92 @@
-//! The server's one error type. Every failure leaves through
+//! The server's two error types. [`Error`] is what the library's own work
+//! can fail with (storage, hashing, starting to serve, an admin command);
+//! the binary prints it as one sentence. [`AppError`] is what an HTTP
+//! request can fail with, and every such failure leaves through
 //! [`AppError::into_response`]: the protocol's error body, the right status,
 //! `WWW-Authenticate` on a 401, `Retry-After` on a 429 and a 503, and for an
 //! internal failure a generic body while the cause goes to the log.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use latchkey_protocol::{ErrorBody, ErrorCode, Reason};
 
-pub type Result<T, E = AppError> = std::result::Result<T, E>;
+use crate::store::StoreError;
 
+/// A failure of the library's own work. Each message is a whole sentence,
+/// its cause included, so the binary prints it alone.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The command line asks for what cannot be: a flag out of range, plain
+    /// HTTP on a public address, a bad username or password.
+    #[error("{0}")]
+    Invalid(String),
+    /// `session revoke` names a user the database does not have.
+    #[error("there is no user named {0:?}")]
+    NoSuchUser(String),
+    /// `serve` could not bind its address (taken, or not ours).
+    #[error("cannot listen on {addr}: {}", listen_reason(.source))]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `serve` could not load `--tls-cert` and `--tls-key`.
+    #[error("cannot load the TLS certificate {} and key {}: {source}", .cert.display(), .key.display())]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local file, the terminal, standard output, the signal handlers or
+    /// serving itself failed; `what` says which, and what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Argon2 refused to hash a password (only absurd parameters make it).
+    #[error("hashing the password failed: {0}")]
+    Hash(#[source] argon2::password_hash::Error),
+    /// The password hasher's permits were closed while a sign-in waited
+    /// (nothing closes them: this would be a bug).
+    #[error("the password hasher is closed")]
+    HasherClosed(#[from] tokio::sync::AcquireError),
+    /// A blocking task (hashing, opening the database) or the serving task
+    /// panicked or was cancelled.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+fn listen_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "the address is already in use".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The result of the library's own work.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The result of handling an HTTP request.
+pub type AppResult<T> = std::result::Result<T, AppError>;
+
+/// A failure answered to an HTTP request.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// Malformed JSON or form, a missing or mistyped field, a limit exceeded.
@@ -54,13 +132,18 @@ pub enum AppError {
     /// The route does not take this method.
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
-    /// A failure of the server itself (storage, a bug); logged, never shown.
+    /// A failure of the server itself (storage, the hasher); logged, never
+    /// shown.
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(#[from] Error),
+    /// A handler panicked (the panic layer answers with this); logged,
+    /// never shown.
+    #[error("handler panicked")]
+    Panicked,
 }
 
-impl From<crate::store::StoreError> for AppError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
         AppError::Internal(e.into())
     }
 }
@@ -87,7 +170,7 @@ impl AppError {
             AppError::TemporarilyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Internal(_) | AppError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -105,7 +188,7 @@ impl AppError {
             AppError::TemporarilyUnavailable { .. } => ErrorCode::TemporarilyUnavailable,
             AppError::NotFound => ErrorCode::NotFound,
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
-            AppError::Internal(_) => ErrorCode::ServerError,
+            AppError::Internal(_) | AppError::Panicked => ErrorCode::ServerError,
         }
     }
 
@@ -130,8 +213,8 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let description = match &self {
-            AppError::Internal(e) => {
-                tracing::error!(error = %format!("{e:#}"), "internal error");
+            AppError::Internal(_) | AppError::Panicked => {
+                tracing::error!(error = %self, "internal error");
                 "the server failed to handle the request; try again later".to_string()
             }
             other => other.to_string(),

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, Request};
 use latchkey_protocol::fuzzing::{self as fx, TokenInput};
 use latchkey_protocol::{PushRequest, TokenError};
 
-use crate::auth::{bearer, check_time, verify_with};
+use crate::auth::bearer::{bearer, check_time, verify_with};
 use crate::error::AppError;
 use crate::http::{Form, Grant, decode_json};
 

@@ -3,13 +3,12 @@
 
 use std::sync::{Arc, RwLock};
 
-use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 use latchkey_protocol::token::public_jwk;
 use latchkey_protocol::{Jwks, KeySet, MAX_LEEWAY_SECS};
 use rand::RngCore as _;
 
-use crate::store::{KeyRecord, Store};
+use crate::store::{self, KeyRecord, Store, StoreError};
 
 /// One consistent view of the keys.
 pub struct KeyView {
@@ -43,7 +42,7 @@ pub fn generate(now: i64) -> KeyRecord {
 
 impl Keys {
     /// Loads the keys, making the first one if the database has none.
-    pub async fn load(store: &dyn Store, now: i64, access_ttl: u64) -> anyhow::Result<Self> {
+    pub async fn load(store: &dyn Store, now: i64, access_ttl: u64) -> store::Result<Self> {
         if store.keys().await?.is_empty() {
             store.rotate_key(generate(now), now).await?;
         }
@@ -55,13 +54,14 @@ impl Keys {
         })
     }
 
+    /// The keys as of the last (re)load.
     pub fn current(&self) -> Arc<KeyView> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Rebuilds the view: picks up a rotation made by any process, and drops
     /// retired keys no token of which can still be valid.
-    pub async fn reload(&self, store: &dyn Store, now: i64, access_ttl: u64) -> anyhow::Result<()> {
+    pub async fn reload(&self, store: &dyn Store, now: i64, access_ttl: u64) -> store::Result<()> {
         let version = store.keys_version().await?;
         let view = build_view(store.keys().await?, now, access_ttl)?;
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
@@ -70,13 +70,13 @@ impl Keys {
     }
 
     /// Whether the stored keys changed since the last load.
-    pub async fn stale(&self, store: &dyn Store) -> anyhow::Result<bool> {
+    pub async fn stale(&self, store: &dyn Store) -> store::Result<bool> {
         let stored = store.keys_version().await?;
         Ok(stored != *self.version.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
-fn build_view(records: Vec<KeyRecord>, now: i64, access_ttl: u64) -> anyhow::Result<KeyView> {
+fn build_view(records: Vec<KeyRecord>, now: i64, access_ttl: u64) -> store::Result<KeyView> {
     // A retired key stays while a token it signed may still be accepted.
     let keep = (access_ttl + MAX_LEEWAY_SECS) as i64;
     let current = records
@@ -84,7 +84,7 @@ fn build_view(records: Vec<KeyRecord>, now: i64, access_ttl: u64) -> anyhow::Res
         .rev()
         .find(|k| k.retired_at.is_none())
         .or(records.last())
-        .context("the database holds no signing key")?;
+        .ok_or_else(|| StoreError::Corrupt("the database holds no signing key".into()))?;
     let signing = SigningKey::from_bytes(&current.secret);
     let mut verify = KeySet::new();
     let mut jwks = Jwks { keys: Vec::new() };

@@ -1,37 +1,34 @@
 //! `serve`: binds, starts the background upkeep, serves HTTP or HTTPS until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM. The `listening on` line is logged from here, and tools
+//! that wait for it filter the log on this module (`latchkey_server::server`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::watch;
 
-use crate::config::ServeArgs;
+use crate::cli::ServeArgs;
+use crate::demo::ensure_demo_user;
+use crate::error::{Error, Result};
 use crate::state::{AppState, Settings};
-use crate::store::{SqliteStore, Store};
+use crate::store::{self, Store};
 
-/// Opens the database at `db` and builds the shared state.
-pub async fn build_state(args: &ServeArgs, issuer: String) -> anyhow::Result<AppState> {
-    let store: Arc<dyn Store> = Arc::new(open_store(&args.db.db).await?);
+/// Opens the database `args` name and builds the shared state.
+pub async fn build_state(args: &ServeArgs, issuer: String) -> Result<AppState> {
+    let store: Arc<dyn Store> = Arc::new(store::open(&args.db.db).await?);
     let settings = Settings {
         issuer,
         access_ttl: args.access_ttl.as_secs(),
         refresh_ttl: args.refresh_ttl.as_secs(),
         leeway: args.leeway.as_secs(),
-        trusted_proxies: args.trusted_proxies().map_err(anyhow::Error::msg)?,
+        trusted_proxies: args.trusted_proxies().map_err(Error::Invalid)?,
         hash_queue: args.hash_queue,
     };
     AppState::new(settings, store).await
-}
-
-/// Opens (creating) the SQLite database, off the runtime.
-pub async fn open_store(path: &Path) -> anyhow::Result<SqliteStore> {
-    let path = path.to_owned();
-    Ok(tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await??)
 }
 
 /// A running server: its address, and a handle to stop it.
@@ -39,61 +36,36 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: AppState,
     shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl Server {
     /// Binds and starts serving in the background.
-    pub async fn start(args: ServeArgs) -> anyhow::Result<Self> {
-        args.validate().map_err(anyhow::Error::msg)?;
-        let listener = TcpListener::bind(args.addr).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
-                "cannot listen on {}: the address is already in use",
-                args.addr
-            ),
-            _ => anyhow::anyhow!("cannot listen on {}: {e}", args.addr),
-        })?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+    pub async fn start(args: ServeArgs) -> Result<Self> {
+        args.validate().map_err(Error::Invalid)?;
+        let (listener, addr) = bind(args.addr)?;
         let scheme = if args.tls_cert.is_some() {
             "https"
         } else {
             "http"
         };
-        let issuer = args
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let url = format!("{scheme}://{addr}");
+        let issuer = args.issuer.clone().unwrap_or_else(|| url.clone());
         let state = build_state(&args, issuer).await?;
         if args.demo {
-            crate::cli::ensure_demo_user(
-                state.store.as_ref(),
-                &args.db.db,
-                &format!("{scheme}://{addr}"),
-            )
-            .await?;
+            ensure_demo_user(state.store.as_ref(), &args.db.db, &url).await?;
         }
         let app = crate::http::router(state.clone());
         let (shutdown, rx) = watch::channel(false);
-        tokio::spawn(upkeep(state.clone(), rx.clone()));
-        tokio::spawn(prune_ops(state.clone(), rx.clone()));
+        crate::upkeep::spawn(state.clone(), rx.clone());
         let task = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot load the TLS certificate {} and key {}",
-                            cert.display(),
-                            key.display()
-                        )
-                    })?;
+                let tls = load_tls(cert, key).await?;
                 tokio::spawn(serve_tls(listener, tls, app, rx))
             }
             _ => tokio::spawn(serve_plain(listener, app, rx)),
         };
-        tracing::info!(%addr, issuer = %state.settings.issuer, "latchkey-server listening on {scheme}://{addr}");
+        tracing::info!(%addr, issuer = %state.settings.issuer, "latchkey-server listening on {url}");
         Ok(Self {
             addr,
             state,
@@ -103,18 +75,40 @@ impl Server {
     }
 
     /// Stops accepting, lets requests in flight finish, and returns.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> Result<()> {
         let _ = self.shutdown.send(true);
         self.task.await?
     }
+}
+
+/// A non-blocking listener on `addr`, and the address it got (port 0 picks
+/// one).
+fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let listen_error = |source| Error::Listen { addr, source };
+    let listener = TcpListener::bind(addr).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, bound))
+}
+
+async fn load_tls(cert: &Path, key: &Path) -> Result<RustlsConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|source| Error::Tls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })
 }
 
 async fn serve_plain(
     listener: TcpListener,
     app: Router,
     mut rx: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
+) -> Result<()> {
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(Error::io("cannot serve HTTP"))?;
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -122,16 +116,16 @@ async fn serve_plain(
     .with_graceful_shutdown(async move {
         let _ = rx.wait_for(|stop| *stop).await;
     })
-    .await?;
-    Ok(())
+    .await
+    .map_err(Error::io("serving HTTP failed"))
 }
 
 async fn serve_tls(
     listener: TcpListener,
-    tls: axum_server::tls_rustls::RustlsConfig,
+    tls: RustlsConfig,
     app: Router,
     mut rx: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
@@ -141,62 +135,15 @@ async fn serve_tls(
     axum_server::from_tcp_rustls(listener, tls)
         .handle(handle)
         .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-        .await?;
-    Ok(())
-}
-
-/// Polls for revocations and key rotations made by other processes (so they
-/// apply within a second) and prunes caches now and then.
-async fn upkeep(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds = 0u64;
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = state.refresh_from_store().await {
-            tracing::warn!(error = %format!("{e:#}"), "polling the database failed");
-        }
-        rounds += 1;
-        if rounds.is_multiple_of(240)
-            && let Err(e) = state.prune().await
-        {
-            tracing::warn!(error = %format!("{e:#}"), "pruning failed");
-        }
-    }
-}
-
-/// How often old op results are pruned.
-const OP_PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-/// Prunes old op results (see [`AppState::prune_ops`]) now and then, in its
-/// own task so that a long prune never delays the revocation polling.
-async fn prune_ops(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(OP_PRUNE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            pruned = state.prune_ops(crate::now()) => match pruned {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(ops = n, "pruned old op results"),
-                Err(e) => tracing::warn!(error = %format!("{e:#}"), "pruning op results failed"),
-            },
-        }
-    }
+        .await
+        .map_err(Error::io("serving HTTPS failed"))
 }
 
 /// `serve`: runs until SIGINT or SIGTERM.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs) -> Result<()> {
     // Catch the signals before saying "listening": a SIGTERM sent right
     // after that line must still stop the server cleanly.
-    let stop = shutdown_signal().context("cannot catch SIGINT and SIGTERM")?;
+    let stop = shutdown_signal().map_err(Error::io("cannot catch SIGINT and SIGTERM"))?;
     let mut server = Server::start(args).await?;
     tokio::select! {
         _ = stop => {

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use latchkey_protocol::Reason;
 
-use crate::auth::evict_soonest;
 use crate::error::AppError;
-use crate::store::{SessionRecord, Store};
+use crate::evict::evict_soonest;
+use crate::store::{self, SessionRecord, Store};
 
+/// The sessions and revocations cached for the check of every request.
 pub struct Sessions {
     live: RwLock<HashMap<String, SessionRecord>>,
     /// Revoked session ids, with when we learnt of it (to forget them once
@@ -36,7 +37,8 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    pub async fn new(store: &dyn Store) -> anyhow::Result<Self> {
+    /// The caches, empty, and the revocations polled from the newest one on.
+    pub async fn new(store: &dyn Store) -> store::Result<Self> {
         let s = Self::default();
         s.last_seq
             .store(store.last_revocation().await?, Ordering::SeqCst);
@@ -147,7 +149,7 @@ impl Sessions {
     }
 
     /// Applies revocations made since the last poll, by any process.
-    pub async fn poll(&self, store: &dyn Store, now: i64) -> anyhow::Result<()> {
+    pub async fn poll(&self, store: &dyn Store, now: i64) -> store::Result<()> {
         let since = self.last_seq.load(Ordering::SeqCst);
         for r in store.revocations_since(since).await? {
             self.mark_revoked(&r.session_id, r.reason, now);

@@ -3,11 +3,13 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::auth::{Hasher, VerifiedTokens};
+use crate::auth::password::Hasher;
+use crate::auth::verified_tokens::VerifiedTokens;
+use crate::error::Result;
 use crate::keys::Keys;
 use crate::proxy::TrustedProxies;
 use crate::sessions::Sessions;
-use crate::store::Store;
+use crate::store::{self, Store};
 use crate::throttle::Throttle;
 
 /// What `serve` was told: token lifetimes (seconds), proxies, bounds.
@@ -23,6 +25,7 @@ pub struct Settings {
     pub hash_queue: Option<usize>,
 }
 
+/// What [`AppState`] holds.
 pub struct Inner {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
@@ -33,12 +36,15 @@ pub struct Inner {
     pub verified: VerifiedTokens,
 }
 
+/// The state every handler shares; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    pub async fn new(settings: Settings, store: Arc<dyn Store>) -> anyhow::Result<Self> {
-        let now = crate::now();
+    /// Loads the signing keys and the revocation cursor from `store`, and
+    /// makes the password hasher.
+    pub async fn new(settings: Settings, store: Arc<dyn Store>) -> Result<Self> {
+        let now = crate::clock::now();
         let keys = Keys::load(store.as_ref(), now, settings.access_ttl).await?;
         let sessions = Sessions::new(store.as_ref()).await?;
         let queue = settings.hash_queue;
@@ -56,8 +62,8 @@ impl AppState {
 
     /// One round of background upkeep: revocations and key rotations made by
     /// other processes, and pruning of what no longer matters.
-    pub async fn refresh_from_store(&self) -> anyhow::Result<()> {
-        let now = crate::now();
+    pub async fn refresh_from_store(&self) -> store::Result<()> {
+        let now = crate::clock::now();
         let store = self.store.as_ref();
         self.sessions.poll(store, now).await?;
         if self.keys.stale(store).await? {
@@ -72,8 +78,8 @@ impl AppState {
 
     /// Slower upkeep: drop retired keys, and cached sessions, tokens and
     /// throttling windows past their time.
-    pub async fn prune(&self) -> anyhow::Result<()> {
-        let now = crate::now();
+    pub async fn prune(&self) -> store::Result<()> {
+        let now = crate::clock::now();
         self.sessions.prune(now, self.settings.access_ttl);
         self.verified.prune(now, self.settings.leeway);
         self.throttle.prune(now);
@@ -87,7 +93,7 @@ impl AppState {
     /// ended, so its resend can only come from a client that kept it queued
     /// past that: it is then applied as a new op, which conflicts (its base
     /// rev is gone) and keeps its text in a conflict copy.
-    pub async fn prune_ops(&self, now: i64) -> anyhow::Result<usize> {
+    pub async fn prune_ops(&self, now: i64) -> store::Result<usize> {
         let lifetime = i64::try_from(self.settings.refresh_ttl).unwrap_or(i64::MAX);
         let before = now.saturating_sub(lifetime);
         let mut total = 0;

@@ -234,7 +234,7 @@ impl Throttle {
             let notified = self.shared.finished.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.start(key, crate::now()) {
+            match self.start(key, crate::clock::now()) {
                 Ok(attempt) => return Ok(attempt),
                 Err(Blocked::For(secs)) => return Err(secs),
                 Err(Blocked::InFlight) => {
@@ -393,7 +393,7 @@ mod tests {
             let t = t.clone();
             tokio::spawn(async move { t.begin(name, IP).await })
         };
-        let now = crate::now();
+        let now = crate::clock::now();
         let mut in_flight: Vec<Attempt> = (0..10)
             .map(|_| t.try_begin("alice", IP, now).unwrap())
             .collect();

@@ -2,6 +2,7 @@
 //! every request goes through (request id + one log line, panic catcher,
 //! protocol error bodies for anything the framework would answer itself).
 
+mod authed;
 mod extract;
 mod meta;
 mod sync;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use latchkey_protocol::{ErrorBody, ErrorCode};
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use authed::Authed;
 pub use extract::{Form, decode_json, has_content_type, read_body};
 pub use tokens::Grant;
 
@@ -37,7 +39,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(extract::drain_unread_body))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a handler panicked");
-            AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+            AppError::Panicked.into_response()
         }))
         .layer(middleware::map_response(json_charset))
         .layer(middleware::from_fn(log_request))

@@ -6,9 +6,9 @@ use axum::{Json, Router};
 use latchkey_protocol::sync::{DEFAULT_PULL_LIMIT, MAX_PULL_LIMIT, MAX_PUSH_BYTES};
 use latchkey_protocol::{PullResponse, PushRequest, PushResponse};
 
+use super::Authed;
 use super::extract::JsonBody;
-use crate::auth::Authed;
-use crate::error::{AppError, Result};
+use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::store::PullOutcome;
 
@@ -22,11 +22,11 @@ async fn push(
     State(state): State<AppState>,
     authed: Authed,
     JsonBody(req): JsonBody<PushRequest, MAX_PUSH_BYTES>,
-) -> Result<Json<PushResponse>> {
+) -> AppResult<Json<PushResponse>> {
     req.validate().map_err(AppError::InvalidRequest)?;
     let answer = state
         .store
-        .push(&authed.session.user_id, req.ops, crate::now())
+        .push(&authed.session.user_id, req.ops, crate::clock::now())
         .await?;
     Ok(Json(answer))
 }
@@ -35,7 +35,7 @@ async fn pull(
     State(state): State<AppState>,
     authed: Authed,
     RawQuery(query): RawQuery,
-) -> Result<Json<PullResponse>> {
+) -> AppResult<Json<PullResponse>> {
     let mut since = 0i64;
     let mut limit = DEFAULT_PULL_LIMIT;
     for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {

@@ -7,9 +7,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use latchkey_protocol::{Reason, SessionInfo, TokenResponse, UserInfo};
 
+use super::Authed;
 use super::extract::{ClientIp, Form};
-use crate::auth::{Authed, bearer, issue_access_token, random_token, token_hash, verify_signed};
-use crate::error::{AppError, Result};
+use crate::auth::bearer::{bearer, verify_with};
+use crate::auth::issue::{issue_access_token, random_token, token_hash};
+use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::store::{RefreshOutcome, SessionRecord};
 
@@ -44,7 +46,7 @@ pub enum Grant<'a> {
 }
 
 impl<'a> Grant<'a> {
-    pub fn from_form(form: &'a Form) -> Result<Self> {
+    pub fn from_form(form: &'a Form) -> AppResult<Self> {
         match form.require("grant_type")? {
             "password" => Ok(Grant::Password {
                 username: form.require("username")?,
@@ -69,8 +71,8 @@ async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     form: Form,
-) -> Result<impl IntoResponse> {
-    let now = crate::now();
+) -> AppResult<impl IntoResponse> {
+    let now = crate::clock::now();
     let answer = match Grant::from_form(&form)? {
         Grant::Password { username, password } => {
             password_grant(&state, username, password, ip, now).await?
@@ -86,7 +88,13 @@ fn token_response(
     refresh_token: String,
     now: i64,
 ) -> TokenResponse {
-    let (access_token, expires_in) = issue_access_token(state, session, now);
+    let (access_token, expires_in) = issue_access_token(
+        &state.keys.current(),
+        &state.settings.issuer,
+        state.settings.access_ttl,
+        session,
+        now,
+    );
     TokenResponse {
         access_token,
         token_type: "Bearer".into(),
@@ -107,14 +115,14 @@ async fn password_grant(
     password: &str,
     ip: std::net::IpAddr,
     now: i64,
-) -> Result<TokenResponse> {
+) -> AppResult<TokenResponse> {
     let attempt = state
         .throttle
         .begin(username, ip)
         .await
         .map_err(|retry_after| AppError::SlowDown { retry_after })?;
     // The wait for attempts in flight may have taken a moment.
-    let now = now.max(crate::now());
+    let now = now.max(crate::clock::now());
     let Ok(slot) = state.hasher.enter() else {
         // No password was checked: this was no guess.
         attempt.abandon();
@@ -146,7 +154,7 @@ async fn password_grant(
     Ok(token_response(state, &session, refresh_token, now))
 }
 
-async fn refresh_grant(state: &AppState, presented: &str, now: i64) -> Result<TokenResponse> {
+async fn refresh_grant(state: &AppState, presented: &str, now: i64) -> AppResult<TokenResponse> {
     let presented = token_hash(presented);
     let refresh_token = random_token();
     match state
@@ -179,8 +187,8 @@ async fn refresh_grant(state: &AppState, presented: &str, now: i64) -> Result<To
 
 /// Logout (RFC 7009): a refresh token in the form, or the access token as
 /// Bearer with an empty body. 200 whatever the token.
-async fn revoke(State(state): State<AppState>, req: Request) -> Result<impl IntoResponse> {
-    let now = crate::now();
+async fn revoke(State(state): State<AppState>, req: Request) -> AppResult<impl IntoResponse> {
+    let now = crate::clock::now();
     let (parts, body) = req.into_parts();
     let bytes = super::read_body(&parts.headers, body, super::extract::FORM_LIMIT).await?;
     if !bytes.is_empty() {
@@ -208,7 +216,7 @@ async fn revoke(State(state): State<AppState>, req: Request) -> Result<impl Into
             "send the refresh token as the form field token, or the access token as Bearer".into(),
         ));
     };
-    let claims = verify_signed(&state, token)?;
+    let claims = verify_with(&state.keys.current().verify, &state.settings.issuer, token)?;
     if state
         .store
         .revoke_session(&claims.sid, Reason::Revoked, now)

@@ -7,9 +7,17 @@ use async_trait::async_trait;
 use latchkey_protocol::sync::MAX_PUSH_ANSWER_NOTES_BYTES;
 use latchkey_protocol::{Op, OpResult, PullResponse, PushResponse, Reason};
 
+use std::path::Path;
+
 pub use sqlite::SqliteStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens (creating) the SQLite database at `path`, off the runtime.
+pub async fn open(path: &Path) -> Result<SqliteStore> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await?
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

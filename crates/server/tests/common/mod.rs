@@ -1,4 +1,4 @@
-//! Helpers shared by the handler tests (`handlers.rs`, Router + oneshot) and
+//! Helpers shared by the handler tests (`handlers/`, Router + oneshot) and
 //! the process tests (`process.rs`, the real binary over HTTP): random names,
 //! sync ops, token forgery, error-body checks, and polling with a deadline.
 

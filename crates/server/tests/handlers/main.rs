@@ -1,0 +1,25 @@
+//! Handler tests: the whole `Router` driven with `oneshot`, over a state
+//! built on a temporary SQLite database. Every answer goes through
+//! [`app::App::call`], which also checks the invariants PROTOCOL.md sets for
+//! all answers: never a 5xx or a 422, every error a protocol error body.
+//!
+//! One test binary (each file under `tests/` is its own binary, linked on
+//! its own), one module per route group.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod app;
+
+mod bearer;
+mod concurrency;
+mod meta;
+mod other_process;
+mod pull;
+mod push;
+mod refresh;
+mod revoke;
+mod router;
+mod sign_in;
+mod sync;
+mod throttle;
