@@ -203,6 +203,12 @@ impl KeySet {
 
     /// Verifies everything but time: size, shape, header, signature, `iss`
     /// and `aud`. Use [`Claims::check_time`] (or [`KeySet::verify`]) next.
+    // Measured (BENCHMARKS.md §1): 441 k instructions a call against 360 k
+    // for the raw Ed25519 check (1.23x; target 1.3x). Of the extra 81 k the
+    // library takes 40 k to rebuild the Ed25519 point from the key's bytes
+    // on every call (its API keeps no parsed key), 12 k to read the header
+    // three times (ours for `typ`/`crit`/`kid`, then twice inside `decode`)
+    // and 12 k to read the claims twice (ours, its own for validation).
     pub fn verify_signed(&self, token: &str, issuer: &str) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
