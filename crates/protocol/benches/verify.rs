@@ -4,6 +4,12 @@
 //!
 //! `cargo bench -p latchkey-protocol --bench verify` prints criterion's
 //! figures, then both medians and their ratio (target: at most 1.3x).
+//!
+//! With `VERIFY_CALLS=<raw|verify>:<n>` in the environment it only makes
+//! `n` calls of one kind and exits: run under
+//! `valgrind --tool=cachegrind`, the difference between `n` calls and 0
+//! calls, divided by `n`, is the instructions one call costs, a figure the
+//! machine's load cannot move.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -181,8 +187,24 @@ fn median_ns(dir: &Path, name: &str, since: SystemTime) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
+/// The `VERIFY_CALLS` mode: `n` calls of one kind, nothing else.
+fn count_calls(f: &Fixture, spec: &str) {
+    let (kind, n) = spec.split_once(':').unwrap_or((spec, "2000"));
+    let n: usize = n.parse().expect("VERIFY_CALLS=<raw|verify>:<n>");
+    let check: &dyn Fn() -> bool = match kind {
+        "raw" => &|| f.raw(),
+        "verify" => &|| f.full(),
+        _ => panic!("VERIFY_CALLS=<raw|verify>:<n>"),
+    };
+    let accepted = (0..n).filter(|_| check()).count();
+    assert_eq!(accepted, n, "every call accepts the bench token");
+}
+
 fn main() {
     let started = SystemTime::now();
+    if let Ok(spec) = std::env::var("VERIFY_CALLS") {
+        return count_calls(&Fixture::new(), &spec);
+    }
     // `cargo bench` passes --bench; `cargo test --benches` does not, and
     // then criterion runs each routine once and measures nothing.
     let measuring = std::env::args().any(|a| a == "--bench");

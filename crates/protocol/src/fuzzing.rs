@@ -11,9 +11,10 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::SigningKey;
+use jsonwebtoken::Algorithm;
 
 use crate::token::{Audience, Claims, Header, KeySet, TokenError, public_jwk};
-use crate::{ACCESS_TOKEN_TYPE, ALGORITHM, AUDIENCE, Jwks, MAX_TOKEN_BYTES};
+use crate::{ACCESS_TOKEN_TYPE, AUDIENCE, Jwks, MAX_TOKEN_BYTES};
 
 /// The `kid` of the throwaway key.
 pub const KID: &str = "fuzz-key";
@@ -95,15 +96,17 @@ pub fn sign_raw(header: &[u8], claims: &[u8]) -> String {
 }
 
 /// The verdict the rules of `token.rs` give a well-signed token, written
-/// out independently of the verifier, step by step in its order.
+/// out independently of the verifier, step by step in its order: ours
+/// first (size, `typ`, `crit`, `kid`), then jsonwebtoken's (`alg`, the
+/// claims, `iss`, `aud`). The header and the claims are read as the library
+/// reads them: a JOSE header (an `alg` it does not know, such as `none`, or a
+/// parameter of the wrong JSON type is malformed), and a claims *object*
+/// whose `exp` and `nbf` are NumericDates, so not negative.
 fn expected(token: &str, header: &[u8], claims: &[u8]) -> Result<Claims, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::TooLarge);
     }
     let header: Header = serde_json::from_slice(header).map_err(|_| TokenError::Malformed)?;
-    if header.alg != ALGORITHM {
-        return Err(TokenError::Algorithm);
-    }
     let typ = header.typ.as_deref().unwrap_or("").to_ascii_lowercase();
     if typ != ACCESS_TOKEN_TYPE && typ != "application/at+jwt" {
         return Err(TokenError::Type);
@@ -114,7 +117,14 @@ fn expected(token: &str, header: &[u8], claims: &[u8]) -> Result<Claims, TokenEr
     if header.kid.as_deref() != Some(KID) {
         return Err(TokenError::UnknownKey);
     }
+    if header.alg != Algorithm::EdDSA {
+        return Err(TokenError::Algorithm);
+    }
+    let object = serde_json::from_slice::<serde_json::Value>(claims).is_ok_and(|c| c.is_object());
     let claims: Claims = serde_json::from_slice(claims).map_err(|_| TokenError::Malformed)?;
+    if !object || claims.exp < 0 || claims.nbf < 0 {
+        return Err(TokenError::Malformed);
+    }
     if claims.iss != ISSUER {
         return Err(TokenError::Issuer);
     }
@@ -143,7 +153,7 @@ pub fn assert_accepted(token: &str, claims: &Claims) {
             .expect("accepted a header that is not base64url"),
     )
     .expect("accepted a header that is not JSON");
-    assert_eq!(header.alg, ALGORITHM);
+    assert_eq!(header.alg, Algorithm::EdDSA);
     let typ = header.typ.unwrap_or_default().to_ascii_lowercase();
     assert!(
         typ == ACCESS_TOKEN_TYPE || typ == "application/at+jwt",
