@@ -18,6 +18,8 @@ use super::sync::Syncer;
 use crate::error::{Error, Result};
 use crate::policy;
 
+/// Decides when to probe and when to sync, for the background loop and
+/// for the app's "sync now".
 pub(crate) struct Connectivity {
     session: Arc<Session>,
     syncer: Arc<Syncer>,

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::status::StatusError;
 use crate::vault::{MAX_ENTRY_CHARS, Vault, VaultEntry};
 
+/// The vault, called off the runtime, behind the active entry's gate.
 pub(crate) struct Keychain {
     vault: Arc<dyn Vault>,
     /// The keychain account whose entry may be written: the active one.

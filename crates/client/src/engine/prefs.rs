@@ -22,6 +22,7 @@ struct PrefsFile {
     pending_revocations: Vec<String>,
 }
 
+/// `engine.json`, in memory and on disk.
 pub(crate) struct Prefs {
     dir: PathBuf,
     data: Arc<Mutex<PrefsFile>>,

@@ -56,6 +56,7 @@ struct Link {
     last_error: Option<StatusError>,
 }
 
+/// The flags every part reports into, and the status they make.
 pub(crate) struct Reporter {
     status: watch::Sender<Status>,
     link: Mutex<Link>,

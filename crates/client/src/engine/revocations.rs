@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::http::Http;
 use crate::vault::VaultEntry;
 
+/// The signed-out sessions whose revocation is owed.
 pub(crate) struct Revocations {
     keychain: Arc<Keychain>,
     prefs: Arc<Prefs>,

@@ -38,6 +38,8 @@ struct Ended {
     store: Arc<Mutex<LocalStore>>,
 }
 
+/// The session state machine: the active account, or the one the server
+/// ended, and the refresh shared by every caller.
 pub(crate) struct Session {
     data_dir: PathBuf,
     offline_grace: Duration,

@@ -28,6 +28,7 @@ pub const PUSH_BATCH: usize = 500;
 /// The server's largest page: fewer round trips for a large pull.
 const PULL_PAGE: u32 = 1000;
 
+/// Runs syncs, one at a time, for the active account.
 pub(crate) struct Syncer {
     session: Arc<Session>,
     revocations: Arc<Revocations>,
