@@ -1,0 +1,106 @@
+//! The engine's non-secret state between runs, in `<data_dir>/engine.json`:
+//! the account restored at start and the signed-out sessions whose
+//! revocation is still owed. Changed in memory, then written whole and
+//! atomically (a temporary file, fsync, rename) on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::blocking::{blocking, lock};
+use crate::error::{Error, Result};
+
+/// The file's content.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct PrefsFile {
+    /// The account restored at start: (server, username).
+    last_account: Option<(String, String)>,
+    /// Accounts signed out while offline whose refresh token still awaits
+    /// revocation on the server.
+    #[serde(default)]
+    pending_revocations: Vec<String>,
+}
+
+/// `engine.json`, in memory and on disk.
+pub(crate) struct Prefs {
+    dir: PathBuf,
+    data: Arc<Mutex<PrefsFile>>,
+    /// Held by each write of the file, which takes the data as it is then:
+    /// the last write holds the latest change.
+    writing: Arc<Mutex<()>>,
+}
+
+impl Prefs {
+    /// Reads the prefs in `dir` (blocking); none, or a damaged file, gives
+    /// the defaults.
+    pub(crate) fn load(dir: &Path) -> Self {
+        let data = std::fs::read(path(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            dir: dir.to_owned(),
+            data: Arc::new(Mutex::new(data)),
+            writing: Arc::default(),
+        }
+    }
+
+    pub(crate) fn last_account(&self) -> Option<(String, String)> {
+        lock(&self.data).last_account.clone()
+    }
+
+    pub(crate) fn set_last_account(&self, server: String, username: String) {
+        lock(&self.data).last_account = Some((server, username));
+    }
+
+    pub(crate) fn pending_revocations(&self) -> Vec<String> {
+        lock(&self.data).pending_revocations.clone()
+    }
+
+    pub(crate) fn has_pending_revocations(&self) -> bool {
+        !lock(&self.data).pending_revocations.is_empty()
+    }
+
+    pub(crate) fn add_revocation(&self, key: String) {
+        let mut data = lock(&self.data);
+        if !data.pending_revocations.contains(&key) {
+            data.pending_revocations.push(key);
+        }
+    }
+
+    /// Takes `done` off the list; true when none are left.
+    pub(crate) fn remove_revocations(&self, done: &[String]) -> bool {
+        let mut data = lock(&self.data);
+        data.pending_revocations.retain(|a| !done.contains(a));
+        data.pending_revocations.is_empty()
+    }
+
+    /// Writes the prefs as they are now.
+    pub(crate) async fn save(&self) -> Result<()> {
+        let (dir, data, writing) = (self.dir.clone(), self.data.clone(), self.writing.clone());
+        blocking(move || {
+            let _writing = lock(&writing);
+            let snapshot = lock(&data).clone();
+            write(&dir, &snapshot)
+        })
+        .await
+    }
+}
+
+fn path(dir: &Path) -> PathBuf {
+    dir.join("engine.json")
+}
+
+fn write(dir: &Path, prefs: &PrefsFile) -> Result<()> {
+    let tmp = dir.join("engine.json.tmp");
+    let json = serde_json::to_vec_pretty(prefs).map_err(|e| Error::Storage(e.to_string()))?;
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path(dir))?;
+    Ok(())
+}
