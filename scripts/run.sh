@@ -10,7 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --locked -p latchkey-server -p latchkey-app
+# The binaries, built with the features `cargo test --workspace` resolves
+# (dev-dependencies on: any example asks for them), so that after
+# scripts/test.sh this reuses that build instead of redoing the workspace.
+cargo build --locked --workspace --bins --example bench_seed
 mkdir -p .latchkey
 ADDR="${LATCHKEY_ADDR:-127.0.0.1:8787}"
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestServer, free_port, revoke_user_now, server_changes, server_notes};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 
 const INNER_ENV: &str = "LATCHKEY_E2E_SESSION";
 const PW: &str = "e2e-password-1";
@@ -197,12 +198,10 @@ async fn launch(driver: &Driver, wrapper: &Path) -> Client {
         serde_json::json!({ "application": wrapper }),
     );
     caps.insert("browserName".into(), "wry".into());
-    // fantoccini and reqwest bring two rustls providers: pick one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match ClientBuilder::rustls()
-            .expect("rustls")
+        // tauri-driver is plain HTTP on 127.0.0.1: no TLS connector needed.
+        match ClientBuilder::new(HttpConnector::new())
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{}", driver.port))
             .await
@@ -450,6 +449,7 @@ struct OtherDevice {
 
 impl OtherDevice {
     async fn sign_in(url: &str, user: &str, pw: &str) -> Self {
+        latchkey_client::http::install_tls_provider();
         let http = reqwest::Client::new();
         let tok: serde_json::Value = http
             .post(format!("{url}/v1/auth/token"))

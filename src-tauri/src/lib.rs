@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use latchkey_client::vault::UNLOCK_PROMPT_WAIT;
 use latchkey_client::{Config, Engine, ReqwestHttp, SystemClock, system_vault};
-use tauri::{Builder, Emitter as _, Manager as _, Runtime, WindowEvent};
+use tauri::{Builder, Emitter as _, Manager as _, Runtime};
+use tauri_plugin_window_state::StateFlags;
 
 pub use error::Error;
 pub use state::AppState;
@@ -24,19 +25,38 @@ pub(crate) static START: OnceLock<Instant> = OnceLock::new();
 pub const KEYCHAIN_SERVICE: &str = "latchkey";
 
 /// The engine's settings: defaults, then the environment
-/// (`LATCHKEY_OFFLINE_GRACE` in seconds).
+/// (`LATCHKEY_OFFLINE_GRACE`, a duration: `7d`, `36h`, or bare seconds).
 fn engine_config(data_dir: std::path::PathBuf, work_offline: bool) -> Config {
     let mut config = Config::new(data_dir);
     config.work_offline = work_offline;
-    if let Some(secs) = env_secs("LATCHKEY_OFFLINE_GRACE") {
-        config.offline_grace = Duration::from_secs(secs);
+    if let Some(grace) = env_duration("LATCHKEY_OFFLINE_GRACE") {
+        config.offline_grace = grace;
     }
     config
 }
 
-/// A number of seconds from the environment (unset or not a number: none).
-fn env_secs(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|s| s.parse().ok())
+/// A duration from the environment: humantime (`30s`, `15m`, `7d`) like the
+/// server's flags, or a bare number of seconds. Unset: none; unreadable: a
+/// warning naming the variable, and none (the default stands).
+fn env_duration(name: &str) -> Option<Duration> {
+    let value = std::env::var(name).ok()?;
+    let parsed = parse_duration(&value);
+    if parsed.is_none() {
+        tracing::warn!(
+            variable = name,
+            value = %value,
+            "not a duration (try 30s, 15m, 7d or a number of seconds); the default is used"
+        );
+    }
+    parsed
+}
+
+fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(value).ok(),
+    }
 }
 
 /// The app's builder, generic over the runtime so tests can use a mock.
@@ -52,13 +72,19 @@ pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             }
         }))
         .plugin(tauri_plugin_store::Builder::default().build())
+        // The window's size and place, kept across launches.
+        .plugin(
+            tauri_plugin_window_state::Builder::default()
+                .with_state_flags(StateFlags::SIZE | StateFlags::POSITION | StateFlags::MAXIMIZED)
+                .build(),
+        )
         .setup(|app| {
             let handle = app.handle().clone();
             let settings = state::read_settings(&handle);
             let data_dir = app.path().app_data_dir()?.join("engine");
             let http = Arc::new(ReqwestHttp::new(Duration::from_secs(3))?);
-            let unlock_wait = env_secs("LATCHKEY_KEYCHAIN_PROMPT_WAIT")
-                .map_or(UNLOCK_PROMPT_WAIT, Duration::from_secs);
+            let unlock_wait =
+                env_duration("LATCHKEY_KEYCHAIN_PROMPT_WAIT").unwrap_or(UNLOCK_PROMPT_WAIT);
             let vault = tauri::async_runtime::block_on(async {
                 tokio::task::spawn_blocking(move || system_vault(KEYCHAIN_SERVICE, unlock_wait))
                     .await
@@ -83,27 +109,7 @@ pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
                     }
                 }
             });
-            if let (Some(window), Some(size)) = (
-                app.get_webview_window("main"),
-                state::saved_window_size(app.handle()),
-            ) {
-                let _ = window.set_size(tauri::LogicalSize::new(size.0, size.1));
-            }
             Ok(())
-        })
-        .on_window_event(|window, event| {
-            if let WindowEvent::Resized(size) = event
-                && size.width > 0
-                && size.height > 0
-            {
-                let scale = window.scale_factor().unwrap_or(1.0);
-                let logical = size.to_logical::<f64>(scale);
-                state::save_window_size(
-                    window.app_handle(),
-                    logical.width as u32,
-                    logical.height as u32,
-                );
-            }
         })
         .invoke_handler(tauri::generate_handler![
             commands::status,
@@ -131,5 +137,21 @@ pub fn run() {
     if let Err(e) = build(tauri::Builder::default()).run(tauri::generate_context!()) {
         eprintln!("error: Latchkey could not start: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_humantime_or_bare_seconds() {
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("36h"), Some(Duration::from_secs(36 * 3_600)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 2m "), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("-5"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }

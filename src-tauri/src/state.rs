@@ -3,7 +3,6 @@
 
 use latchkey_client::Engine;
 use serde::Serialize;
-use serde_json::json;
 use tauri::{AppHandle, Runtime};
 use tauri_plugin_store::StoreExt as _;
 
@@ -50,15 +49,4 @@ pub fn save_setting<R: Runtime>(app: &AppHandle<R>, key: &str, value: serde_json
         }
         Err(e) => tracing::warn!(error = %e, "could not open settings"),
     }
-}
-
-/// The window size saved last, if any (logical pixels).
-pub fn saved_window_size<R: Runtime>(app: &AppHandle<R>) -> Option<(f64, f64)> {
-    let v = app.store(SETTINGS).ok()?.get("window")?;
-    let (w, h) = (v.get("width")?.as_f64()?, v.get("height")?.as_f64()?);
-    (w >= 320.0 && h >= 240.0).then_some((w, h))
-}
-
-pub fn save_window_size<R: Runtime>(app: &AppHandle<R>, width: u32, height: u32) {
-    save_setting(app, "window", json!({"width": width, "height": height}));
 }

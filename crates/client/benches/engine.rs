@@ -726,6 +726,7 @@ async fn password_token(client: &reqwest::Client, url: &str, user: &str) -> Stri
 
 /// The user's live note titles on the server, as another session sees them.
 async fn server_titles(url: &str, user: &str) -> std::collections::BTreeSet<String> {
+    latchkey_client::http::install_tls_provider();
     let client = reqwest::Client::new();
     let token = password_token(&client, url, user).await;
     let mut since = 0;
@@ -997,6 +998,7 @@ async fn sync_round(server: &Server, notes: &[(String, String)], round: usize) -
     // The baseline: the same ops, one per request, for a fresh user.
     let one_by_one = format!("one-by-one-{round}");
     server.add_user(&one_by_one);
+    latchkey_client::http::install_tls_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()

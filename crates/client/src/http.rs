@@ -93,6 +93,7 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 impl ReqwestHttp {
     pub fn new(connect_timeout: Duration) -> Result<Self> {
+        install_tls_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -103,6 +104,13 @@ impl ReqwestHttp {
             })?;
         Ok(Self { client })
     }
+}
+
+/// Makes ring the process's rustls crypto provider, once (a second call
+/// does nothing). The workspace builds rustls with ring only, so reqwest has
+/// no provider of its own and every `reqwest::Client` needs this first.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn network_error(e: &reqwest::Error) -> Error {

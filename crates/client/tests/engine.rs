@@ -515,7 +515,7 @@ async fn signing_out_offline_revokes_once_the_server_is_back() {
     })
     .await
     .expect("the pending revocation was made");
-    let res = reqwest::Client::new()
+    let res = common::web()
         .post(format!("{}/v1/auth/token", server.url()))
         .form(&[
             ("grant_type", "refresh_token"),

@@ -314,7 +314,7 @@ async fn an_edit_after_a_lost_sent_mark_reaches_the_server() {
         )
         .unwrap()
     };
-    let web = reqwest::Client::new();
+    let web = common::web();
     let token = access_token(&web, &server.url(), "eve", PW).await;
     let res = web
         .post(format!("{}/v1/sync/push", server.url()))
@@ -502,7 +502,7 @@ async fn a_refresh_token_replayed_in_the_retry_window_revokes_the_session() {
     e.set_work_offline(true);
     let stolen: latchkey_client::VaultEntry =
         serde_json::from_str(&vault.raw(&vault.accounts()[0]).unwrap()).unwrap();
-    let web = reqwest::Client::new();
+    let web = common::web();
     let grant = |token: String| {
         let (web, url) = (web.clone(), server.url());
         async move {
@@ -597,7 +597,7 @@ async fn a_sign_out_made_offline_is_revoked_even_after_signing_in_again() {
         .push("v1/auth/revoke".into());
     e.sign_in(&server.url(), "kim", PW).await.unwrap();
     synced(&e).await;
-    let web = reqwest::Client::new();
+    let web = common::web();
     let old_session_works = || async {
         web.get(format!("{}/v1/auth/session", server.url()))
             .bearer_auth(&old.access_token)

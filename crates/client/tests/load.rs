@@ -527,7 +527,7 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
     // client wrote: every edit there exactly once, no conflict copy. The
     // server is asked with each client's own session (from its keychain),
     // which spares 200 more Argon2 sign-ins.
-    let http = reqwest::Client::new();
+    let http = common::web();
     let mut tasks = tokio::task::JoinSet::new();
     for c in &clients {
         let mut want: Vec<(String, String)> = c.notes.values().cloned().collect();

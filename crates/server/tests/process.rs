@@ -220,7 +220,10 @@ fn try_start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, 
     })
 }
 
+/// A client for the tests (rustls on ring, the workspace's one crypto
+/// provider: reqwest is built without one of its own).
 fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -1713,6 +1716,7 @@ async fn serves_https_with_a_certificate() {
         .unwrap()
         .read_to_end(&mut pem)
         .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let https = reqwest::Client::builder()
         .no_proxy()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())

@@ -206,6 +206,13 @@ pub async fn server_notes(url: &str, user: &str, password: &str) -> Vec<(String,
         .collect()
 }
 
+/// A plain HTTP client for the tests' own calls to the server (rustls on
+/// ring, the workspace's one crypto provider, installed first).
+pub fn web() -> reqwest::Client {
+    latchkey_client::http::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// An access token of a new session of `user` (password grant).
 pub async fn access_token(http: &reqwest::Client, url: &str, user: &str, password: &str) -> String {
     let tok: serde_json::Value = http
@@ -228,7 +235,7 @@ pub async fn access_token(http: &reqwest::Client, url: &str, user: &str, passwor
 /// running server refuses them (it picks up other processes' revocations
 /// within a second): a session made just before is polled until it is.
 pub async fn revoke_user_now(server: &TestServer, user: &str, password: &str) {
-    let (url, http) = (server.url(), reqwest::Client::new());
+    let (url, http) = (server.url(), web());
     let probe = access_token(&http, &url, user, password).await;
     server.revoke_user(user);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -257,7 +264,7 @@ pub async fn server_changes(
     user: &str,
     password: &str,
 ) -> Vec<latchkey_protocol::Change> {
-    let http = reqwest::Client::new();
+    let http = web();
     let at = access_token(&http, url, user, password).await;
     let mut since = 0;
     let mut notes = std::collections::BTreeMap::new();
