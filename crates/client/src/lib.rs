@@ -12,6 +12,7 @@ pub mod api;
 pub mod clock;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
