@@ -6,16 +6,16 @@
 //! folders of its own; the inner tests are `#[ignore]`d so they only ever
 //! run there. Screenshots of the key screens land in `target/e2e-shots/`.
 
-#[path = "../crates/client/tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, free_port, revoke_user_now, server_changes, server_notes};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use latchkey_testkit::{
+    DesktopSession, Keyring, TestServer, access_token, free_port, now, ops, poll_every, pull_all,
+    revoke_user_now, server_changes, server_notes, upsert, uuid, web,
+};
 
 const INNER_ENV: &str = "LATCHKEY_E2E_SESSION";
 const PW: &str = "e2e-password-1";
@@ -58,46 +58,17 @@ fn in_desktop_session(inner: &str, keyring: bool) {
         tauri_driver().exists(),
         "tauri-driver is missing: run scripts/setup.sh"
     );
-    let home = tempfile::tempdir().unwrap();
-    let unlock = if keyring {
-        "eval \"$(printf %s e2e | gnome-keyring-daemon --unlock --components=secrets)\" >/dev/null;"
+    let keyring = if keyring {
+        Keyring::Unlocked("e2e")
     } else {
-        ""
+        Keyring::Absent
     };
-    let script =
-        format!("{unlock} exec \"$0\" --exact {inner} --ignored --nocapture --test-threads 1");
-    // A hung window must fail the test, not the whole run.
-    let out = Command::new("timeout")
-        .args([
-            "-k",
-            "10",
-            "420",
-            "xvfb-run",
-            "-a",
-            "-s",
-            "-screen 0 1280x800x24 -nolisten tcp",
-            "dbus-run-session",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .arg(std::env::current_exe().unwrap())
+    DesktopSession::new(keyring)
+        .with_display()
         .env(INNER_ENV, "1")
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_RUNTIME_DIR", home.path())
         // Nobody answers the keychain's prompt in Xvfb: give up soon.
         .env("LATCHKEY_KEYCHAIN_PROMPT_WAIT", "3")
-        .output()
-        .expect("run xvfb-run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "inner test {inner} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_test(inner);
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -326,11 +297,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    poll_every(every, Duration::from_secs(secs), || {
+        let done = f();
+        async move { done.await.then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|| panic!("timed out waiting for {what}"));
 }
 
 async fn fill(c: &Client, id: &str, value: &str) {
@@ -449,22 +422,8 @@ struct OtherDevice {
 
 impl OtherDevice {
     async fn sign_in(url: &str, user: &str, pw: &str) -> Self {
-        latchkey_client::http::install_tls_provider();
-        let http = reqwest::Client::new();
-        let tok: serde_json::Value = http
-            .post(format!("{url}/v1/auth/token"))
-            .form(&[
-                ("grant_type", "password"),
-                ("username", user),
-                ("password", pw),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = tok["access_token"].as_str().expect("a token").to_string();
+        let http = web();
+        let token = access_token(&http, url, user, pw).await;
         OtherDevice {
             http,
             url: url.to_string(),
@@ -474,32 +433,9 @@ impl OtherDevice {
 
     /// The one live note titled `title`, as the server holds it now.
     async fn note(&self, title: &str) -> latchkey_protocol::Change {
-        let mut since = 0;
-        let mut found = std::collections::BTreeMap::new();
-        loop {
-            let page: latchkey_protocol::PullResponse = self
-                .http
-                .get(format!(
-                    "{}/v1/sync/pull?since={since}&limit=1000",
-                    self.url
-                ))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            for c in page.changes {
-                found.insert(c.note_id, c);
-            }
-            since = page.cursor;
-            if !page.more {
-                break;
-            }
-        }
-        let mut hits: Vec<_> = found
-            .into_values()
+        let mut hits: Vec<_> = pull_all(&self.http, &self.url, &self.token)
+            .await
+            .into_iter()
             .filter(|c| !c.deleted && c.title == title)
             .collect();
         assert_eq!(hits.len(), 1, "one note titled {title:?} on the server");
@@ -508,23 +444,19 @@ impl OtherDevice {
 
     /// Edits `note` on its current rev (so the server applies it).
     async fn edit(&self, note: &latchkey_protocol::Change, body: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
-        let op = serde_json::json!({ "ops": [{
-            "action": "upsert",
-            "op_id": random_uuid(),
-            "note_id": note.note_id,
-            "base_rev": note.rev,
-            "title": note.title,
-            "body": body,
-            "client_time": now.as_secs(),
-        }]});
+        let mut op = upsert(
+            &uuid(),
+            &note.note_id.to_string(),
+            note.rev,
+            &note.title,
+            body,
+        );
+        op["client_time"] = now().into();
         let res = self
             .http
             .post(format!("{}/v1/sync/push", self.url))
             .bearer_auth(&self.token)
-            .json(&op)
+            .json(&ops(vec![op]))
             .send()
             .await
             .unwrap();
@@ -536,34 +468,6 @@ impl OtherDevice {
             "the other device's edit: {answer:?}"
         );
     }
-}
-
-/// A random v4 UUID (an op id), with no crate for it.
-fn random_uuid() -> String {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos(),
-        );
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 #[test]

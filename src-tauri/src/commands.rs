@@ -11,6 +11,9 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::state::{AppState, Settings, read_settings, save_setting};
 
+#[cfg(test)]
+mod tests;
+
 /// A note in the list: the body cut to a preview.
 #[derive(Debug, Clone, Serialize)]
 pub struct NoteSummary {

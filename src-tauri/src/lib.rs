@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use latchkey_client::vault::UNLOCK_PROMPT_WAIT;
-use latchkey_client::{Config, Engine, ReqwestHttp, SystemClock, system_vault};
-use tauri::{Builder, Emitter as _, Manager as _, Runtime};
+use latchkey_client::{Config, Engine, ReqwestHttp, SystemClock, Vault, system_vault};
+use tauri::{AppHandle, Builder, Emitter as _, Manager as _, Runtime};
 use tauri_plugin_window_state::StateFlags;
 
 pub use error::Error;
@@ -61,17 +61,16 @@ fn parse_duration(value: &str) -> Option<Duration> {
 
 /// The app's builder, generic over the runtime so tests can use a mock.
 pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
-    builder
-        // First: a second launch focuses the first instead of racing it on
-        // refresh-token rotation.
-        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
-            if let Some(w) = app.get_webview_window("main") {
-                let _ = w.unminimize();
-                let _ = w.show();
-                let _ = w.set_focus();
-            }
-        }))
-        .plugin(tauri_plugin_store::Builder::default().build())
+    // First: a second launch focuses the first instead of racing it on
+    // refresh-token rotation.
+    let builder = builder.plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+        if let Some(w) = app.get_webview_window("main") {
+            let _ = w.unminimize();
+            let _ = w.show();
+            let _ = w.set_focus();
+        }
+    }));
+    with_commands(builder)
         // The window's size and place, kept across launches.
         .plugin(
             tauri_plugin_window_state::Builder::default()
@@ -79,38 +78,23 @@ pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
                 .build(),
         )
         .setup(|app| {
-            let handle = app.handle().clone();
-            let settings = state::read_settings(&handle);
-            let data_dir = app.path().app_data_dir()?.join("engine");
-            let http = Arc::new(ReqwestHttp::new(Duration::from_secs(3))?);
             let unlock_wait =
                 env_duration("LATCHKEY_KEYCHAIN_PROMPT_WAIT").unwrap_or(UNLOCK_PROMPT_WAIT);
             let vault = tauri::async_runtime::block_on(async {
                 tokio::task::spawn_blocking(move || system_vault(KEYCHAIN_SERVICE, unlock_wait))
                     .await
             })?;
-            let config = engine_config(data_dir, settings.work_offline);
-            let engine = tauri::async_runtime::block_on(Engine::start(
-                config,
-                vault,
-                http,
-                Arc::new(SystemClock),
-            ))?;
-            let mut rx = engine.subscribe();
-            app.manage(AppState { engine });
-            tauri::async_runtime::spawn(async move {
-                loop {
-                    let snapshot = rx.borrow_and_update().clone();
-                    if let Err(e) = handle.emit("status", snapshot) {
-                        tracing::warn!(error = %e, "could not send the status to the window");
-                    }
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
+            manage_engine(app.handle(), vault)?;
             Ok(())
         })
+}
+
+/// The commands the UI calls and what they need besides the engine (the
+/// settings store). [`build`] adds the rest of the app; the commands'
+/// tests add an engine of their own with [`manage_engine`].
+fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
+    builder
+        .plugin(tauri_plugin_store::Builder::default().build())
         .invoke_handler(tauri::generate_handler![
             commands::status,
             commands::settings,
@@ -123,6 +107,36 @@ pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::sync_now,
             commands::set_work_offline,
         ])
+}
+
+/// Starts the engine on `vault`, in the app's data folder and with the
+/// saved settings, hands it to Tauri as managed state, and forwards every
+/// status change to the window.
+fn manage_engine<R: Runtime>(
+    app: &AppHandle<R>,
+    vault: Arc<dyn Vault>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = state::read_settings(app);
+    let data_dir = app.path().app_data_dir()?.join("engine");
+    let http = Arc::new(ReqwestHttp::new(Duration::from_secs(3))?);
+    let config = engine_config(data_dir, settings.work_offline);
+    let engine =
+        tauri::async_runtime::block_on(Engine::start(config, vault, http, Arc::new(SystemClock)))?;
+    let mut rx = engine.subscribe();
+    app.manage(AppState { engine });
+    let handle = app.clone();
+    tauri::async_runtime::spawn(async move {
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            if let Err(e) = handle.emit("status", snapshot) {
+                tracing::warn!(error = %e, "could not send the status to the window");
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Runs the app.

@@ -27,15 +27,13 @@
 //! `--only restore|save|sync|store` (comma-separated), `--restores N`
 //! (default 200), `--saves N` (default 3000), `--notes N` (default 10000),
 //! `--rounds N` (sync rounds, default 3; the medians are the figures),
-//! `--no-keyring` (skip the Secret Service run). The server binary is
-//! built with `cargo build --release -p latchkey-server` unless
-//! `LATCHKEY_SERVER_BIN` names one. `cargo test --benches` builds this and
-//! runs nothing.
+//! `--no-keyring` (skip the Secret Service run). The server is the test
+//! kit's (`latchkey_testkit::TestServer`): its binary built for the bench's
+//! profile (release) unless `LATCHKEY_SERVER_BIN` names one.
+//! `cargo test --benches` builds this and runs nothing.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,20 +42,19 @@ use latchkey_client::http::{HttpRequest, HttpResponse};
 use latchkey_client::store::LocalStore;
 use latchkey_client::vault::account_name;
 use latchkey_client::{
-    Config, Engine, Http, KeyringVault, MemoryVault, ReqwestHttp, SessionState, Status,
-    SystemClock, Vault, VaultEntry,
+    Config, Engine, Http, KeyringVault, ReqwestHttp, SessionState, SystemClock, Vault, VaultEntry,
 };
 use latchkey_protocol::{KeySet, Op, OpStatus, PullResponse, PushRequest, PushResponse};
+use latchkey_testkit::server::SERVER_BIN_ENV;
+use latchkey_testkit::{
+    DesktopSession, Keyring, MemoryVault, TestServer, access_token, server_bin, server_notes,
+    wait_for,
+};
 use rand::{Rng as _, SeedableRng as _};
 use uuid::Uuid;
 
 /// Set in the environment of the run inside `dbus-run-session`.
 const INNER_ENV: &str = "LATCHKEY_BENCH_KEYRING_SESSION";
-/// Names the server binary (else it is built, release).
-const SERVER_ENV: &str = "LATCHKEY_SERVER_BIN";
-/// The start-up line stays, the per-request lines go: the server does as
-/// little as it can for every run, the one-op-per-request baseline included.
-const SERVER_LOG: &str = "warn,latchkey_server::server=info";
 const PASSWORD: &str = "bench-password-123";
 const KEYRING_SERVICE: &str = "latchkey-bench";
 
@@ -80,35 +77,31 @@ fn main() -> ExitCode {
         .build()
         .expect("a tokio runtime");
     if std::env::var_os(INNER_ENV).is_some() {
-        let bin = PathBuf::from(std::env::var_os(SERVER_ENV).expect("the server binary"));
         let vault = KeyringVault::new(KEYRING_SERVICE).expect("a Secret Service is running");
         rt.block_on(restore(
-            &bin,
             Arc::new(vault),
             "Secret Service (gnome-keyring)",
             opts.restores,
         ));
         return ExitCode::SUCCESS;
     }
-    let bin = server_bin();
-    println!("server binary: {}", bin.display());
+    println!("server binary: {}", server_bin().display());
     machine();
     if opts.restore {
         rt.block_on(restore(
-            &bin,
             Arc::new(MemoryVault::new()),
             "in-memory vault",
             opts.restores,
         ));
-        if opts.keyring && !restore_in_keyring_session(&bin, opts.restores) {
+        if opts.keyring && !restore_in_keyring_session(opts.restores) {
             return ExitCode::FAILURE;
         }
     }
     if opts.save {
-        rt.block_on(save(&bin, opts.saves));
+        rt.block_on(save(opts.saves));
     }
     if opts.sync {
-        rt.block_on(sync(&bin, opts.notes, opts.rounds));
+        rt.block_on(sync(opts.notes, opts.rounds));
     }
     if opts.store {
         println!(
@@ -213,144 +206,6 @@ fn machine() {
     }
 }
 
-// ---------------------------------------------------------------- the server
-
-/// The release server binary: built here (a no-op when up to date) unless
-/// `LATCHKEY_SERVER_BIN` names one.
-fn server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os(SERVER_ENV) {
-        return PathBuf::from(p);
-    }
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "latchkey-server",
-            "--bin",
-            "latchkey-server",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "building latchkey-server failed");
-    // target/release/deps/<bench> -> target/release/latchkey-server
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("latchkey-server")
-}
-
-struct Server {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(bin: &Path) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg("--addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--db")
-            .arg(Self::db_in(&dir))
-            .env("LATCHKEY_LOG", SERVER_LOG)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = child.expect("start latchkey-server");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent && line.contains("listening on") {
-                    let _ = tx.send(());
-                    sent = true;
-                } else if line.contains("ERROR") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("the server did not start listening");
-        Server {
-            bin: bin.to_owned(),
-            dir,
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn db_in(dir: &tempfile::TempDir) -> PathBuf {
-        dir.path().join("server.db")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn add_user(&self, name: &str) {
-        let mut child = Command::new(&self.bin)
-            .args([
-                "user",
-                "add",
-                "--username",
-                name,
-                "--password-stdin",
-                "--db",
-            ])
-            .arg(Self::db_in(&self.dir))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{PASSWORD}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "user add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// SIGTERM, and wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 // ---------------------------------------------------------------- helpers
 
 /// The real transport, timing every request (path, start, end).
@@ -398,21 +253,6 @@ impl Http for TimingHttp {
     }
 }
 
-async fn wait_for(engine: &Engine, secs: u64, what: &str, pred: impl Fn(&Status) -> bool) {
-    let mut rx = engine.subscribe();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let st = rx.borrow_and_update().clone();
-        if pred(&st) {
-            return;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-            panic!("timed out waiting for {what}; last status: {st:?}");
-        }
-    }
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
@@ -444,8 +284,8 @@ fn body_of(rng: &mut rand::rngs::StdRng, i: usize) -> String {
     s
 }
 
-async fn signed_in(server: &Server, user: &str, data: &Path, vault: Arc<dyn Vault>) -> Engine {
-    server.add_user(user);
+async fn signed_in(server: &TestServer, user: &str, data: &Path, vault: Arc<dyn Vault>) -> Engine {
+    server.add_user(user, PASSWORD);
     let e = Engine::start(
         Config::new(data),
         vault,
@@ -460,9 +300,9 @@ async fn signed_in(server: &Server, user: &str, data: &Path, vault: Arc<dyn Vaul
 
 // ---------------------------------------------------------------- restore
 
-async fn restore(bin: &Path, vault: Arc<dyn Vault>, label: &str, iterations: usize) {
+async fn restore(vault: Arc<dyn Vault>, label: &str, iterations: usize) {
     println!("\n## restore: Engine::start offline, {label}");
-    let mut server = Server::start(bin);
+    let mut server = TestServer::start(&[]);
     let data = tempfile::tempdir().unwrap();
     let user = "restore";
     // A realistic session: 1,000 synced notes and 20 unsynced ones.
@@ -542,23 +382,18 @@ async fn restore(bin: &Path, vault: Arc<dyn Vault>, label: &str, iterations: usi
 
 /// Runs the restore bench again inside a D-Bus session of its own with an
 /// unlocked gnome-keyring, as tests/keychain.rs does.
-fn restore_in_keyring_session(bin: &Path, iterations: usize) -> bool {
-    let home = tempfile::tempdir().unwrap();
-    let script = "eval \"$(printf %s latchkey-bench | gnome-keyring-daemon --unlock --components=secrets)\" >/dev/null; \
-                  exec \"$0\" --bench --only restore --restores \"$1\"";
-    let status = Command::new("dbus-run-session")
-        .args(["--", "sh", "-c", script])
-        .arg(std::env::current_exe().unwrap())
-        .arg(iterations.to_string())
+fn restore_in_keyring_session(iterations: usize) -> bool {
+    let (mut cmd, _home) = DesktopSession::new(Keyring::Unlocked("latchkey-bench"))
         .env(INNER_ENV, "1")
-        .env(SERVER_ENV, bin)
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_RUNTIME_DIR", home.path())
-        .env_remove("DISPLAY")
-        .status();
-    match status {
+        .env(SERVER_BIN_ENV, server_bin())
+        .command([
+            "--bench",
+            "--only",
+            "restore",
+            "--restores",
+            &iterations.to_string(),
+        ]);
+    match cmd.status() {
         Ok(s) if s.success() => true,
         other => {
             eprintln!("the Secret Service run failed: {other:?}");
@@ -569,9 +404,9 @@ fn restore_in_keyring_session(bin: &Path, iterations: usize) -> bool {
 
 // ---------------------------------------------------------------- save
 
-async fn save(bin: &Path, saves: usize) {
+async fn save(saves: usize) {
     println!("\n## save: Engine::save_note, {saves} saves (half new notes, half edits)");
-    let server = Server::start(bin);
+    let server = TestServer::start(&[]);
     let data = tempfile::tempdir().unwrap();
     let e = signed_in(&server, "saver", data.path(), Arc::new(MemoryVault::new())).await;
     e.sync_now().await.unwrap();
@@ -707,65 +542,24 @@ fn offline_notes(n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn password_token(client: &reqwest::Client, url: &str, user: &str) -> String {
-    let tok: serde_json::Value = client
-        .post(format!("{url}/v1/auth/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", user),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    tok["access_token"].as_str().unwrap().to_string()
-}
-
-/// The user's live note titles on the server, as another session sees them.
-async fn server_titles(url: &str, user: &str) -> std::collections::BTreeSet<String> {
-    latchkey_client::http::install_tls_provider();
-    let client = reqwest::Client::new();
-    let token = password_token(&client, url, user).await;
-    let mut since = 0;
-    let mut notes = std::collections::BTreeMap::new();
-    loop {
-        let page: PullResponse = client
-            .get(format!("{url}/v1/sync/pull?since={since}&limit=1000"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for c in page.changes {
-            notes.insert(c.note_id, (c.title, c.deleted));
-        }
-        since = page.cursor;
-        if !page.more {
-            break;
-        }
-    }
-    notes.into_values().filter(|n| !n.1).map(|n| n.0).collect()
-}
-
 async fn verify_on_server(url: &str, user: &str, notes: &[(String, String)]) {
-    let titles = server_titles(url, user).await;
+    let titles: std::collections::BTreeSet<String> = server_notes(url, user, PASSWORD)
+        .await
+        .into_iter()
+        .map(|(title, ..)| title)
+        .collect();
     assert_eq!(titles.len(), notes.len(), "notes on the server for {user}");
     assert!(notes.iter().all(|(t, _)| titles.contains(t)));
 }
 
 /// A signed-in engine holding `notes` saved while working offline.
 async fn offline_engine(
-    server: &Server,
+    server: &TestServer,
     user: &str,
     data: &Path,
     notes: &[(String, String)],
 ) -> (Engine, TimingHttp) {
-    server.add_user(user);
+    server.add_user(user, PASSWORD);
     let http = TimingHttp::new();
     let e = Engine::start(
         Config::new(data),
@@ -913,9 +707,9 @@ fn store_breakdown(notes: &[(String, String)]) {
     );
 }
 
-async fn sync(bin: &Path, n: usize, rounds: usize) {
+async fn sync(n: usize, rounds: usize) {
     println!("\n## sync: reconnect with {n} notes saved offline, loopback, {rounds} rounds");
-    let server = Server::start(bin);
+    let server = TestServer::start(&[]);
     let notes = offline_notes(n);
     let bytes: usize = notes.iter().map(|(t, b)| t.len() + b.len()).sum();
     println!("  {n} notes, {:.1} MB of title + body", bytes as f64 / 1e6);
@@ -955,7 +749,7 @@ async fn sync(bin: &Path, n: usize, rounds: usize) {
 
 /// One round of the sync bench; the speed-ups of (b) to the end of the
 /// sync, (b) to pending 0 and (a) to pending 0.
-async fn sync_round(server: &Server, notes: &[(String, String)], round: usize) -> [f64; 3] {
+async fn sync_round(server: &TestServer, notes: &[(String, String)], round: usize) -> [f64; 3] {
     let n = notes.len();
     let url = server.url();
     // (b) set_work_offline(false) + sync_now()
@@ -997,13 +791,13 @@ async fn sync_round(server: &Server, notes: &[(String, String)], round: usize) -
 
     // The baseline: the same ops, one per request, for a fresh user.
     let one_by_one = format!("one-by-one-{round}");
-    server.add_user(&one_by_one);
+    server.add_user(&one_by_one, PASSWORD);
     latchkey_client::http::install_tls_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()
         .unwrap();
-    let token = password_token(&client, &url, &one_by_one).await;
+    let token = access_token(&client, &url, &one_by_one, PASSWORD).await;
     load("baseline");
     let t0 = Instant::now();
     for (i, (title, body)) in notes.iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod clock;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
@@ -20,10 +21,10 @@ pub mod status;
 pub mod store;
 pub mod vault;
 
-pub use clock::{Clock, SystemClock, TestClock};
+pub use clock::{Clock, SystemClock};
 pub use engine::{Config, Engine};
 pub use error::{Error, Result};
 pub use http::{Http, ReqwestHttp};
 pub use status::{SessionState, Status, StatusError};
 pub use store::Note;
-pub use vault::{KeyringVault, MemoryVault, UnavailableVault, Vault, VaultEntry, system_vault};
+pub use vault::{KeyringVault, UnavailableVault, Vault, VaultEntry, system_vault};

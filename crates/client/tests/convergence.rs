@@ -41,8 +41,6 @@
 //! `convergence.proptest-regressions` beside this file, replayed first on
 //! every run.
 
-mod common;
-
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -50,15 +48,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
-use latchkey_client::{Config, Engine, MemoryVault, SystemClock, Vault};
+use latchkey_client::{Config, Engine, SystemClock, Vault};
+use latchkey_testkit::*;
 use proptest::prelude::*;
 use proptest::test_runner::{
     Config as ProptestConfig, FileFailurePersistence, TestCaseError, TestRunner,
 };
 use uuid::Uuid;
 
-const PW: &str = "correct horse battery staple";
 const DEVICES: [&str; 2] = ["A", "B"];
 
 /// One thing that happens during a case.
@@ -104,7 +101,7 @@ fn step() -> impl Strategy<Value = Step> {
         5 => dev.clone().prop_map(|dev| Step::Sync { dev }),
         1 => dev.clone().prop_map(|dev| Step::ToggleOffline { dev }),
         1 => dev.clone().prop_map(|dev| Step::Restart { dev }),
-        3 => (dev, 0..4usize, prop_oneof![Just(Fault::Fail), Just(Fault::LoseResponse)])
+        3 => (dev, 0..4usize, prop_oneof![Just(Fault::DropBeforeRequest), Just(Fault::DropResponse)])
             .prop_map(|(dev, after, fault)| Step::Fault { dev, after, fault }),
     ]
 }
@@ -376,8 +373,8 @@ async fn run_step(
         Step::Fault { dev, after, fault } => {
             let mut plan = devs[dev].http.plan.lock().unwrap();
             plan.clear();
-            plan.extend(std::iter::repeat_n(Fault::Pass, after));
-            plan.push_back(fault);
+            plan.extend(std::iter::repeat_n(None, after));
+            plan.push_back(Some(fault));
             stats.faults_planned += 1;
         }
     }
@@ -601,7 +598,7 @@ fn an_edit_queued_behind_a_resent_op_goes_in_the_same_sync() {
         Step::Fault {
             dev: 0,
             after: 1,
-            fault: Fault::Fail,
+            fault: Fault::DropBeforeRequest,
         },
         Step::Create { dev: 0, title: 0 },
         Step::Sync { dev: 0 },

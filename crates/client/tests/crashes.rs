@@ -13,8 +13,6 @@
 //! printed; `LATCHKEY_SEED=<n>` replays it, `LATCHKEY_LONG=1` runs the long
 //! versions (`bash scripts/reliability.sh crashes`).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -24,17 +22,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use common::*;
 use latchkey_client::http::{HttpRequest, HttpResponse};
 use latchkey_client::{
-    Engine, Http, MemoryVault, ReqwestHttp, SessionState, SystemClock, Vault, engine::user_dir,
+    Engine, Http, ReqwestHttp, SessionState, SystemClock, Vault, engine::user_dir,
 };
+use latchkey_testkit::*;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-const PW: &str = "correct horse battery staple";
 const CHILD_ENV: &str = "LATCHKEY_CRASH_CHILD";
 
 fn long() -> bool {

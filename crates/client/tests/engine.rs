@@ -1,13 +1,11 @@
 //! The engine against the real `latchkey-server` process on 127.0.0.1.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
-use latchkey_client::{MemoryVault, SessionState, TestClock};
+use latchkey_client::SessionState;
+use latchkey_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_restart_then_100_edits_reach_the_server_exactly_once() {
@@ -26,16 +24,7 @@ async fn offline_restart_then_100_edits_reach_the_server_exactly_once() {
     let st = e.status();
     assert_eq!(st.state, SessionState::Offline, "{st:?}");
     assert_eq!(st.user.as_ref().unwrap().username, "alice");
-    for i in 0..100 {
-        e.save_note(
-            None,
-            None,
-            format!("note {i}"),
-            format!("written offline {i}"),
-        )
-        .await
-        .unwrap();
-    }
+    save_notes(&e, 100).await;
     assert_eq!(e.status().pending, 100);
 
     server.restart();
@@ -339,18 +328,9 @@ async fn a_tampered_or_foreign_token_in_the_keychain_signs_out() {
     let mut entry: latchkey_client::VaultEntry = serde_json::from_str(&original).unwrap();
 
     // tampered payload, original signature
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let parts: Vec<&str> = entry.access_token.split('.').collect();
-    let mut claims: serde_json::Value =
-        serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    let mut claims = jwt_part(&entry.access_token, 1);
     claims["name"] = "mallory".into();
-    entry.access_token = format!(
-        "{}.{}.{}",
-        parts[0],
-        b64.encode(claims.to_string()),
-        parts[2]
-    );
+    entry.access_token = tamper(&entry.access_token, &claims);
     vault.put_raw(&account, &serde_json::to_string(&entry).unwrap());
     let e = engine(dir.path(), &vault, &http).await;
     let st = e.status();
@@ -361,11 +341,8 @@ async fn a_tampered_or_foreign_token_in_the_keychain_signs_out() {
     // signed by a foreign key under the server's kid
     let mut entry: latchkey_client::VaultEntry = serde_json::from_str(&original).unwrap();
     let kid = latchkey_protocol::KeySet::token_kid(&entry.access_token).unwrap();
-    let claims: latchkey_protocol::Claims = serde_json::from_slice(
-        &b64.decode(entry.access_token.split('.').nth(1).unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let claims: latchkey_protocol::Claims =
+        serde_json::from_value(jwt_part(&entry.access_token, 1)).unwrap();
     let foreign = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
     entry.access_token = latchkey_protocol::token::sign(&foreign, &kid, &claims);
     vault.put_raw(&account, &serde_json::to_string(&entry).unwrap());
@@ -440,11 +417,11 @@ async fn a_black_holed_server_means_offline_within_seconds() {
     let e = signed_in(&server, dir.path(), &vault, &http, "nora").await;
     wait_state(&e, SessionState::Online, 5).await;
     let pid = server.pid();
-    signal(pid, "STOP");
+    signal_pid(pid, libc::SIGSTOP);
     let started = std::time::Instant::now();
     wait_state(&e, SessionState::Offline, 10).await;
     assert!(started.elapsed() < Duration::from_secs(10));
-    signal(pid, "CONT");
+    signal_pid(pid, libc::SIGCONT);
     wait_state(&e, SessionState::Online, 20).await;
 }
 
@@ -515,7 +492,7 @@ async fn signing_out_offline_revokes_once_the_server_is_back() {
     })
     .await
     .expect("the pending revocation was made");
-    let res = common::web()
+    let res = web()
         .post(format!("{}/v1/auth/token", server.url()))
         .form(&[
             ("grant_type", "refresh_token"),

@@ -13,21 +13,16 @@
 //!   the same script of edits and faults; timing can still order requests
 //!   differently.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{self, Fault, FaultKind, Link, Proxy, Rng};
-use common::*;
 use latchkey_client::{
-    Clock, Config, Engine, MemoryVault, ReqwestHttp, SessionState, Status, SystemClock, TestClock,
-    Vault,
+    Clock, Config, Engine, ReqwestHttp, SessionState, Status, SystemClock, Vault,
 };
+use latchkey_testkit::proxy::{self, Link, Proxy};
+use latchkey_testkit::*;
 use uuid::Uuid;
-
-const PW: &str = "correct horse battery staple";
 
 /// Fast timings, and timeouts short enough that a black hole costs a
 /// second or two, not a minute.
@@ -663,16 +658,7 @@ async fn a_push_black_holed_mid_sync_does_not_hold_the_reconnect() {
     .unwrap();
     e.sign_in(&proxy.url(), "bea", PW).await.unwrap();
     e.set_work_offline(true);
-    for i in 0..20 {
-        e.save_note(
-            None,
-            None,
-            format!("note {i}"),
-            format!("written offline {i}"),
-        )
-        .await
-        .unwrap();
-    }
+    save_notes(&e, 20).await;
     proxy.set_policy(proxy::scripted([Fault::BlackHole], |r| r.is_push()));
     let started = Instant::now();
     e.set_work_offline(false);

@@ -7,16 +7,14 @@
 //! files of all six targets from real traffic: two engines against the real
 //! server, through a transport that records every request and answer.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use common::*;
 use latchkey_client::http::{HttpRequest, HttpResponse};
-use latchkey_client::{Http, MemoryVault, ReqwestHttp, SystemClock, VaultEntry};
+use latchkey_client::{Http, ReqwestHttp, SystemClock, VaultEntry};
 use latchkey_protocol::fuzzing::{self as fx, replay};
+use latchkey_testkit::*;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
@@ -126,11 +124,6 @@ impl Seeds {
         self.n += 1;
         std::fs::write(self.dir.join(format!("real-{:02}-{what}", self.n)), data).unwrap();
     }
-}
-
-fn path_of(url: &str) -> &str {
-    let path = url.splitn(4, '/').nth(3).unwrap_or("");
-    path.split('?').next().unwrap_or("")
 }
 
 /// A stored entry made fit for the corpus: the throwaway key's JWKS and a

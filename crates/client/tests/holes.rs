@@ -2,15 +2,13 @@
 //! signed out", each against the real `latchkey-server` process on
 //! 127.0.0.1 (RELIABILITY.md lists them with their fixes).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
-use latchkey_client::{Engine, MemoryVault, SessionState, Status, TestClock};
+use latchkey_client::{Engine, SessionState, Status};
+use latchkey_testkit::*;
 
 /// Waits until a sync has nothing left to send and has worked.
 async fn synced(e: &Engine) -> Status {
@@ -314,7 +312,7 @@ async fn an_edit_after_a_lost_sent_mark_reaches_the_server() {
         )
         .unwrap()
     };
-    let web = common::web();
+    let web = web();
     let token = access_token(&web, &server.url(), "eve", PW).await;
     let res = web
         .post(format!("{}/v1/sync/push", server.url()))
@@ -455,7 +453,7 @@ async fn a_refresh_whose_key_fetch_fails_keeps_the_new_refresh_token() {
     assert!(out.status.success());
     // The token is due for a refresh (under a fifth of its life left).
     let exp = e.status().access_expires_at.unwrap();
-    while chrono_now() + 1 < exp {
+    while now() + 1 < exp {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The refresh happens; the new token's key cannot be fetched once.
@@ -482,13 +480,6 @@ async fn a_refresh_whose_key_fetch_fails_keeps_the_new_refresh_token() {
     synced(&e).await;
 }
 
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// Item 9: a spent refresh token replayed inside the retry window (a thief)
 /// gets a pair, and the real client's token is then reuse: the session is
 /// revoked, the client shows it as revoked, and the thief's pair is dead.
@@ -502,7 +493,7 @@ async fn a_refresh_token_replayed_in_the_retry_window_revokes_the_session() {
     e.set_work_offline(true);
     let stolen: latchkey_client::VaultEntry =
         serde_json::from_str(&vault.raw(&vault.accounts()[0]).unwrap()).unwrap();
-    let web = common::web();
+    let web = web();
     let grant = |token: String| {
         let (web, url) = (web.clone(), server.url());
         async move {
@@ -523,7 +514,7 @@ async fn a_refresh_token_replayed_in_the_retry_window_revokes_the_session() {
     // The real client refreshes with the same (now spent) token, inside
     // the window: a retry; the thief's successor is retired.
     let exp = e.status().access_expires_at.unwrap();
-    while chrono_now() + 1 < exp {
+    while now() + 1 < exp {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     e.set_work_offline(false);
@@ -597,7 +588,7 @@ async fn a_sign_out_made_offline_is_revoked_even_after_signing_in_again() {
         .push("v1/auth/revoke".into());
     e.sign_in(&server.url(), "kim", PW).await.unwrap();
     synced(&e).await;
-    let web = common::web();
+    let web = web();
     let old_session_works = || async {
         web.get(format!("{}/v1/auth/session", server.url()))
             .bearer_auth(&old.access_token)
@@ -682,11 +673,11 @@ async fn sync_now_on_a_dead_connection_ends_with_the_heartbeat() {
     e.sign_in(&server.url(), "max", PW).await.unwrap();
     synced(&e).await;
     // Black-holed: the process stops answering, connections hang.
-    signal(server.pid(), "STOP");
+    signal_pid(server.pid(), libc::SIGSTOP);
     let started = Instant::now();
     let result = e.sync_now().await;
     let took = started.elapsed();
-    signal(server.pid(), "CONT");
+    signal_pid(server.pid(), libc::SIGCONT);
     assert_eq!(result.unwrap_err().code(), "network");
     // The request and sync timeouts are 60 s; the heartbeat (200 ms, probe
     // timeout 1 s) ends it within a few seconds.

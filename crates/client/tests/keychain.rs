@@ -5,15 +5,13 @@
 //! ever run there. Linux only: the keychain under test is the Secret Service.
 #![cfg(target_os = "linux")]
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use latchkey_client::{Config, Engine, KeyringVault, SessionState, SystemClock, Vault};
+use latchkey_testkit::*;
 
 const INNER_ENV: &str = "LATCHKEY_KEYCHAIN_SESSION";
 
@@ -25,36 +23,15 @@ fn in_keyring_session(inner: &str, locked: bool) -> std::process::Output {
 
 /// The same, with more arguments for `dbus-run-session`.
 fn in_keyring_session_with(inner: &str, locked: bool, bus_args: &[&str]) -> std::process::Output {
-    let home = tempfile::tempdir().unwrap();
-    let unlock = if locked {
-        "eval \"$(gnome-keyring-daemon --start --components=secrets)\""
+    let keyring = if locked {
+        Keyring::Locked
     } else {
-        "eval \"$(printf %s latchkey-test | gnome-keyring-daemon --unlock --components=secrets)\""
+        Keyring::Unlocked("latchkey-test")
     };
-    let script = format!(
-        "{unlock} >/dev/null; exec \"$0\" --exact {inner} --ignored --nocapture --test-threads 1"
-    );
-    let out = Command::new("dbus-run-session")
-        .args(bus_args)
-        .args(["--", "sh", "-c", &script])
-        .arg(std::env::current_exe().unwrap())
+    DesktopSession::new(keyring)
+        .bus_args(bus_args)
         .env(INNER_ENV, "1")
-        .env("XDG_DATA_HOME", home.path().join("data"))
-        .env("XDG_CONFIG_HOME", home.path().join("config"))
-        .env("XDG_CACHE_HOME", home.path().join("cache"))
-        .env("XDG_RUNTIME_DIR", home.path())
-        .env_remove("DISPLAY")
-        .output()
-        .expect("dbus-run-session (scripts/setup.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // what the inner test printed (timings), shown with --nocapture
-    print!("{text}");
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "inner test {inner} failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+        .run_test(inner)
 }
 
 fn guard() -> bool {
@@ -195,7 +172,7 @@ fn stop_keyring_daemon() {
             && environ.split(|b| *b == 0).any(|v| v == ours.as_bytes())
         {
             let pid = proc.file_name().to_string_lossy().parse::<u32>().unwrap();
-            signal(pid, "KILL");
+            signal_pid(pid, libc::SIGKILL);
             stopped += 1;
         }
     }

@@ -13,19 +13,15 @@
 //! asserted): requests by kind, push latency p50/p99, the server's RSS,
 //! descriptors and CPU at start and end, load average.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use common::*;
 use latchkey_client::http::{HttpRequest, HttpResponse};
-use latchkey_client::{
-    Config, Engine, Http, MemoryVault, ReqwestHttp, SystemClock, Vault, VaultEntry,
-};
+use latchkey_client::{Config, Engine, Http, ReqwestHttp, SystemClock, Vault, VaultEntry};
+use latchkey_testkit::*;
 use rand::Rng as _;
 use uuid::Uuid;
 
@@ -527,7 +523,7 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
     // client wrote: every edit there exactly once, no conflict copy. The
     // server is asked with each client's own session (from its keychain),
     // which spares 200 more Argon2 sign-ins.
-    let http = common::web();
+    let http = web();
     let mut tasks = tokio::task::JoinSet::new();
     for c in &clients {
         let mut want: Vec<(String, String)> = c.notes.values().cloned().collect();

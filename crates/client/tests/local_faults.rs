@@ -4,14 +4,12 @@
 //! syncing work again. The data folder lives on a small tmpfs of the test's
 //! own (mounting needs root, as in CI; the test says so if it cannot).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
-use latchkey_client::{Engine, MemoryVault, Note, SystemClock};
+use latchkey_client::{Engine, Note, SystemClock};
+use latchkey_testkit::*;
 
 /// A tmpfs mounted on a temporary folder, unmounted on drop.
 struct Tmpfs {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod sync;

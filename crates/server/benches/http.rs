@@ -19,10 +19,10 @@
 //! 10), `--warmup N` (default 2), `--connections N` (default 64).
 //! `cargo test --benches` builds this and runs nothing.
 
-use std::io::{BufRead as _, Write as _};
+use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -33,6 +33,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use latchkey_protocol::{Op, OpStatus, PullResponse, PushRequest, PushResponse, TokenResponse};
+use latchkey_testkit::{ServerProcess, Spawn, add_user};
 use uuid::Uuid;
 
 /// Set in the environment of the child that serves the trivial handler.
@@ -119,7 +120,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
         .context("making a temporary directory")?;
     let db = dir.path().join("bench.db");
     let password = format!("bench-{}", Uuid::new_v4());
-    add_user(&db, &password)?;
+    add_user(SERVER_BIN.as_ref(), &db, USERNAME, &password);
     println!("server binary: {SERVER_BIN}");
     println!(
         "machine: {} cores, load average before: {}",
@@ -143,27 +144,27 @@ async fn session_bench(
     password: &str,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let trivial = Proc::trivial()?;
-    let server = Proc::server(db, &dir.join("server.log"), &[])?;
+    let trivial = trivial_server(dir)?;
+    let server = start_server(db, &dir.join("server.log"), &[])?;
     // The same server without the per-request log line, to show its cost
     // (the line saying where it listens is kept: it is read here).
-    let quiet = Proc::server(db, &dir.join("quiet.log"), &[("LATCHKEY_LOG", QUIET_LOG)])?;
-    let token = sign_in(server.addr, password).await?;
-    let quiet_token = sign_in(quiet.addr, password).await?;
+    let quiet = start_server(db, &dir.join("quiet.log"), &[("LATCHKEY_LOG", QUIET_LOG)])?;
+    let token = sign_in(server.addr(), password).await?;
+    let quiet_token = sign_in(quiet.addr(), password).await?;
     let targets = [
-        Target::new("trivial axum GET /", trivial.addr, "/", None),
+        Target::new("trivial axum GET /", trivial.addr(), "/", None),
         Target::new(
             "latchkey GET /v1/auth/session",
-            server.addr,
+            server.addr(),
             "/v1/auth/session",
             Some(&token),
         ),
         // The same stack without the bearer check: what verifying the
         // token and looking up its session cost.
-        Target::new("  latchkey GET /healthz", server.addr, "/healthz", None),
+        Target::new("  latchkey GET /healthz", server.addr(), "/healthz", None),
         Target::new(
             "  session, request log off",
-            quiet.addr,
+            quiet.addr(),
             "/v1/auth/session",
             Some(&quiet_token),
         ),
@@ -226,16 +227,18 @@ async fn session_bench(
         100.0 * ratio
     );
     ensure!(errors == 0, "{errors} requests failed");
-    drop((trivial, server, quiet));
+    for mut p in [trivial, server, quiet] {
+        p.terminate();
+    }
     Ok(())
 }
 
 /// Benchmark 3: 10,000 new notes in batches of 500, then one per request.
 async fn push_bench(db: &Path, password: &str, dir: &Path) -> anyhow::Result<()> {
-    let server = Proc::server(db, &dir.join("push.log"), &[])?;
-    let token = sign_in(server.addr, password).await?;
+    let mut server = start_server(db, &dir.join("push.log"), &[])?;
+    let token = sign_in(server.addr(), password).await?;
     let auth = HeaderValue::from_str(&format!("Bearer {token}"))?;
-    let mut conn = Conn::open(server.addr).await?;
+    let mut conn = Conn::open(server.addr()).await?;
 
     let batched_ids = fresh_note_ids();
     let started = Instant::now();
@@ -313,6 +316,7 @@ async fn push_bench(db: &Path, password: &str, dir: &Path) -> anyhow::Result<()>
             "MISSED"
         }
     );
+    server.terminate();
     Ok(())
 }
 
@@ -568,111 +572,25 @@ async fn sign_in(addr: SocketAddr, password: &str) -> anyhow::Result<String> {
     Ok(serde_json::from_slice::<TokenResponse>(&bytes)?.access_token)
 }
 
-/// `latchkey-server user add` for the bench user.
-fn add_user(db: &Path, password: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(SERVER_BIN)
-        .args([
-            "user",
-            "add",
-            "--username",
-            USERNAME,
-            "--password-stdin",
-            "--db",
-        ])
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting latchkey-server user add")?;
-    let mut stdin = child.stdin.take().context("no stdin")?;
-    writeln!(stdin, "{password}")?;
-    drop(stdin);
-    let status = child.wait()?;
-    ensure!(status.success(), "user add failed: {status}");
-    Ok(())
+/// `latchkey-server serve` on a free loopback port, its log in `log`.
+fn start_server(db: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+    Spawn::serve(db)
+        .bin(SERVER_BIN)
+        .envs(env.iter().copied())
+        .log_to(log)
+        .try_start()
+        .map_err(anyhow::Error::msg)
 }
 
-/// A child server process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Proc {
-    /// `latchkey-server serve` on a free loopback port, its log in `log`.
-    fn server(db: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(log)?;
-        let mut cmd = Command::new(SERVER_BIN);
-        cmd.args(["serve", "--addr", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().context("starting latchkey-server serve")?;
-        Self::wait_listening(child, log)
-    }
-
-    /// This executable, re-run to serve the trivial handler.
-    fn trivial() -> anyhow::Result<Self> {
-        let log =
-            std::env::temp_dir().join(format!("latchkey-bench-trivial-{}.log", Uuid::new_v4()));
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(std::env::current_exe()?)
-            .env(TRIVIAL_ENV, "1")
-            // The child exits when this pipe closes, whatever happens here.
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .context("starting the trivial server")?;
-        let proc = Self::wait_listening(child, &log);
-        let _ = std::fs::remove_file(&log);
-        proc
-    }
-
-    /// Waits for the "listening on http://ADDR" line in the child's log.
-    fn wait_listening(mut child: Child, log: &Path) -> anyhow::Result<Self> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(addr) = text.lines().find_map(|line| {
-                let rest = line.split("listening on http://").nth(1)?;
-                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-            }) {
-                return Ok(Self { child, addr });
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("the server exited ({status}) before listening: {text}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the server did not say where it listens within 30 s: {text}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: signals only our own child, which has not been reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// This executable, re-run to serve the trivial handler; it exits when
+/// its stdin closes, whatever happens here.
+fn trivial_server(dir: &Path) -> anyhow::Result<ServerProcess> {
+    Spawn::program(std::env::current_exe()?)
+        .env(TRIVIAL_ENV, "1")
+        .keep_stdin()
+        .log_to(dir.join("trivial.log"))
+        .try_start()
+        .map_err(anyhow::Error::msg)
 }
 
 /// The trivial handler: `GET /` -> "ok", on the same runtime flavour as

@@ -3,23 +3,18 @@
 //! line run as subprocesses, the way an administrator and the black-box
 //! suite use it.
 
-mod common;
-
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use ed25519_dalek::SigningKey;
+use latchkey_testkit::*;
 use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_latchkey-server");
-/// How long a server may take to start on a busy machine.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A temporary directory with a database path in it.
 struct Env {
@@ -53,11 +48,7 @@ impl Env {
     /// Adds a user with the CLI; returns (name, password).
     fn add_user(&self) -> (String, String) {
         let (name, pw) = (unique("user"), password());
-        let out = self.cli(
-            &["user", "add", "--username", &name, "--password-stdin"],
-            Some(&format!("{pw}\n")),
-        );
-        assert!(out.status.success(), "user add: {}", text(&out.stderr));
+        add_user(BIN.as_ref(), &self.db, &name, &pw);
         (name, pw)
     }
 }
@@ -68,46 +59,7 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn run_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut cmd = command(env);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        let _ = input.write_all(s.as_bytes());
-    }
-    drop(input);
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output();
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        // SAFETY: kill(2) on the pid of our own child, which has not been
-        // reaped yet (its waiter is still blocked on it).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        panic!("latchkey-server {args:?} did not finish within 30 s");
-    }
-    waiter.join().unwrap().unwrap()
-}
-
-/// The binary, with no `LATCHKEY_*` setting leaking in from outside.
-fn command(env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("LATCHKEY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("LATCHKEY_LOG", "info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
+    run_cli(BIN.as_ref(), args, stdin, env)
 }
 
 fn text(b: &[u8]) -> String {
@@ -125,192 +77,57 @@ fn assert_clean_failure(out: &Output, what: &str) -> String {
     err
 }
 
-/// A running server process, killed on drop.
+/// A running server process (killed on drop), and a client for it.
 struct Server {
-    child: Child,
-    base: String,
-    port: u16,
-    stderr: Arc<Mutex<String>>,
-    stdout: Arc<Mutex<String>>,
+    process: ServerProcess,
     http: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Copies a child's stream into `buf`, line by line, telling `found` of the
-/// first line `watch` picks something out of.
-fn pump(
-    stream: impl std::io::Read + Send + 'static,
-    buf: Arc<Mutex<String>>,
-    watch: fn(&str) -> Option<String>,
-    found: mpsc::Sender<String>,
-) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            buf.lock().unwrap().push_str(&line);
-            if let Some(v) = watch(&line) {
-                let _ = found.send(v);
-            }
-        }
-    });
-}
-
-/// The URL in the "listening on http://127.0.0.1:PORT" log line.
-fn listening_url(line: &str) -> Option<String> {
-    let rest = line.split("listening on ").nth(1)?;
-    Some(rest.split_whitespace().next()?.to_string())
-}
-
-/// Starts a server or returns its failure (exit status, stderr).
-fn try_start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
-    let mut cmd = command(env);
-    cmd.arg("serve")
-        .args(["--addr", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let stdout = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    pump(
-        child.stderr.take().unwrap(),
-        stderr.clone(),
-        listening_url,
-        tx,
-    );
-    let (otx, _orx) = mpsc::channel();
-    pump(child.stdout.take().unwrap(), stdout.clone(), |_| None, otx);
-    let url = match rx.recv_timeout(START_TIMEOUT) {
-        Ok(url) => url,
-        Err(_) => {
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            // Let the pump finish copying what the process said.
-            std::thread::sleep(Duration::from_millis(100));
-            return Err(format!("{status}: {}", stderr.lock().unwrap()));
-        }
-    };
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    assert!(
-        url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
-        "the server listens elsewhere: {url}"
-    );
-    Ok(Server {
-        child,
-        base: url,
-        port,
-        stderr,
-        stdout,
-        http: client(),
-    })
-}
-
-/// A client for the tests (rustls on ring, the workspace's one crypto
-/// provider: reqwest is built without one of its own).
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// One answer, read whole.
-#[derive(Debug)]
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-    text: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn ok(&self) -> &Value {
-        assert_eq!(self.status, StatusCode::OK, "{}", self.text);
-        &self.body
-    }
-
-    fn err(&self, status: u16, code: &str) -> &Self {
-        assert_eq!(self.status.as_u16(), status, "{}", self.text);
-        assert_error(&self.body, code);
-        self
-    }
-
-    fn unauthorized(&self) -> &Self {
-        self.err(401, "invalid_token");
-        let www = self.header("www-authenticate").expect("WWW-Authenticate");
-        assert!(www.starts_with("Bearer"), "{www}");
-        assert!(www.contains(r#"error="invalid_token""#), "{www}");
-        self
-    }
 }
 
 impl Server {
     fn start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        try_start(db, extra, env).unwrap_or_else(|e| panic!("the server did not start: {e}"))
+        let process = Spawn::serve(db)
+            .bin(BIN)
+            .args(extra)
+            .envs(env.iter().copied())
+            .start();
+        let url = process.url();
+        assert!(
+            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
+            "the server listens elsewhere: {url}"
+        );
+        Server {
+            process,
+            http: web(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.process.url())
+    }
+
+    fn port(&self) -> u16 {
+        self.process.port()
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.process.stderr()
     }
 
     /// Sends a request and checks what every answer must have: a Date, a
     /// JSON body, never a 5xx or 422, a protocol body on every error.
     async fn send(&self, req: reqwest::RequestBuilder) -> Resp {
         let res = req.send().await.expect("HTTP request failed");
+        let what = res.url().to_string();
         let status = res.status();
         let headers = res.headers().clone();
-        let text = res.text().await.unwrap();
+        let raw = res.bytes().await.unwrap().to_vec();
         assert!(
-            !status.is_server_error() && status != StatusCode::UNPROCESSABLE_ENTITY,
-            "{status}: {text}"
+            !status.is_server_error(),
+            "{status}: {}",
+            String::from_utf8_lossy(&raw)
         );
         assert!(headers.contains_key("date"), "no Date header");
-        let ct = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        assert_eq!(ct, "application/json; charset=utf-8");
-        let body: Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-        if !status.is_success() {
-            assert!(body["error"].is_string(), "{status} {text}");
-            assert!(body["error_description"].is_string(), "{status} {text}");
-            if status == StatusCode::UNAUTHORIZED {
-                assert_eq!(body["error"], "invalid_token");
-                assert!(headers.contains_key("www-authenticate"));
-            }
-        }
-        Resp {
-            status,
-            headers,
-            body,
-            text,
-        }
+        Resp::new(&what, status, headers, raw)
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> Resp {
@@ -404,16 +221,7 @@ impl Server {
 
     /// Sends SIGTERM and waits (at most 15 s) for the exit.
     fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child, not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.terminate()
     }
 }
 
@@ -450,7 +258,7 @@ async fn serves_health_metadata_and_jwks() {
     let date = r.header("date").unwrap();
     assert!(date.ends_with("GMT"), "{date}");
 
-    let issuer = format!("http://127.0.0.1:{}", srv.port);
+    let issuer = format!("http://127.0.0.1:{}", srv.port());
     let m = srv
         .get("/.well-known/oauth-authorization-server", None)
         .await
@@ -503,7 +311,7 @@ async fn sign_in_sync_refresh_and_log_out() {
     // A user added while the server runs can sign in at once.
     let (late, late_pw) = env.add_user();
     srv.login(&late, &late_pw).await.ok();
-    assert_eq!(claims["iss"], format!("http://127.0.0.1:{}", srv.port));
+    assert_eq!(claims["iss"], format!("http://127.0.0.1:{}", srv.port()));
     assert_eq!(claims["aud"], "latchkey");
     assert_eq!(claims["name"], name.as_str());
     assert_eq!(claims["sid"], t["session_id"]);
@@ -822,7 +630,7 @@ async fn forged_tokens_are_refused() {
     }
     for (label, tok) in &forged {
         let r = srv.session(tok).await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{label}: {}", r.text);
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{label}: {}", r.text());
         r.unauthorized();
         srv.get("/v1/sync/pull", Some(tok)).await.unauthorized();
         srv.push(tok, &ops(vec![])).await.unauthorized();
@@ -1146,7 +954,7 @@ async fn cli_keys_rotate_is_picked_up_within_a_second() {
     srv.session(&old_at).await.ok();
     srv.session(&fresh).await.ok();
     let set = latchkey_protocol::KeySet::from_jwks(&serde_json::from_value(jwks).unwrap()).unwrap();
-    let iss = format!("http://127.0.0.1:{}", srv.port);
+    let iss = format!("http://127.0.0.1:{}", srv.port());
     set.verify(&old_at, &iss, now(), 30).unwrap();
     set.verify(&fresh, &iss, now(), 30).unwrap();
     // Sign-ins use the new key too.
@@ -1292,8 +1100,7 @@ async fn an_acknowledged_push_survives_sigkill() {
     let batch = vec![upsert(&op, &n, 0, "durable", "survives a crash")];
     srv.push_ok(&at, batch.clone()).await;
     // SIGKILL right after the acknowledgement: no clean shutdown.
-    srv.child.kill().unwrap();
-    srv.child.wait().unwrap();
+    srv.process.kill();
     drop(srv);
 
     let srv = env.start(&[]);
@@ -1519,7 +1326,7 @@ async fn demo_mode_prints_a_password_that_signs_in() {
     assert!(password.len() >= 12, "a weak demo password");
     let (srv_, pw_) = (&srv, &password);
     let printed = poll_until(Duration::from_secs(5), || async move {
-        let out = srv_.stdout.lock().unwrap().clone();
+        let out = srv_.process.stdout();
         out.contains(pw_.as_str()).then_some(out)
     })
     .await
@@ -1535,11 +1342,7 @@ async fn demo_mode_prints_a_password_that_signs_in() {
     let srv = env.start(&["--demo"]);
     let (srv_, pw_) = (&srv, &password);
     poll_until(Duration::from_secs(5), || async move {
-        srv_.stdout
-            .lock()
-            .unwrap()
-            .contains(pw_.as_str())
-            .then_some(())
+        srv_.process.stdout().contains(pw_.as_str()).then_some(())
     })
     .await
     .expect("the demo password was not printed again");
@@ -1710,7 +1513,8 @@ async fn serves_https_with_a_certificate() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    assert!(srv.base.starts_with("https://127.0.0.1:"), "{}", srv.base);
+    let base = srv.process.url();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     let mut pem = Vec::new();
     std::fs::File::open(&cert)
         .unwrap()
@@ -1731,7 +1535,7 @@ async fn serves_https_with_a_certificate() {
         .await
         .ok()
         .clone();
-    assert_eq!(m["issuer"], format!("https://127.0.0.1:{}", srv.port));
+    assert_eq!(m["issuer"], format!("https://127.0.0.1:{}", srv.port()));
     let t = srv.login(&name, &pw).await.ok().clone();
     srv.session(&s(&t, "access_token")).await.ok();
 }
@@ -1812,6 +1616,6 @@ async fn sign_ins_give_their_memory_back() {
     }
     tasks.join_all().await;
     // The server idles at ~10 MiB; a few blocks held at once would be ~80.
-    let rss = rss_mib(srv.child.id());
+    let rss = rss_mib(srv.process.pid());
     assert!(rss < 128, "the server holds {rss} MiB after 100 sign-ins");
 }

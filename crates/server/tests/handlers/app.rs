@@ -1,15 +1,15 @@
 //! The harness every handler test uses: an [`App`] (the whole `Router` over
-//! a state on a temporary SQLite database), its answers ([`Resp`]), signed-in
-//! users, and request builders.
+//! a state on a temporary SQLite database) whose answers are the kit's
+//! [`Resp`], checked on the way; signed-in users, and request builders.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use clap::Parser as _;
 use ed25519_dalek::SigningKey;
 use http_body_util::BodyExt as _;
@@ -20,47 +20,11 @@ use latchkey_server::{Cli, build_state};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
-use crate::common::*;
+use latchkey_testkit::*;
 
 pub const ISSUER: &str = "http://latchkey.test:8787";
 pub const FORM: &str = "application/x-www-form-urlencoded";
 pub const JSON: &str = "application/json";
-
-/// One answer, read whole.
-pub struct Resp {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-    pub raw: Bytes,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts a protocol error with this status and code.
-    pub fn err(&self, status: u16, code: &str) -> &Self {
-        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
-        assert_error(&self.body, code);
-        self
-    }
-
-    /// Asserts a 401 `invalid_token` with `WWW-Authenticate: Bearer ...
-    /// error="invalid_token"` (a token was sent).
-    pub fn unauthorized(&self) -> &Self {
-        self.err(401, "invalid_token");
-        let www = self.header("www-authenticate").expect("WWW-Authenticate");
-        assert!(www.starts_with("Bearer"), "{www}");
-        assert!(www.contains(r#"error="invalid_token""#), "{www}");
-        self
-    }
-
-    pub fn ok(&self) -> &Value {
-        assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
-        &self.body
-    }
-}
 
 /// A router over a fresh database, and handles to its state.
 pub struct App {
@@ -133,39 +97,11 @@ impl App {
         let busy = status == StatusCode::SERVICE_UNAVAILABLE
             && raw.starts_with(br#"{"error":"temporarily_unavailable""#);
         assert!(
-            (!status.is_server_error() || busy) && status != StatusCode::UNPROCESSABLE_ENTITY,
+            !status.is_server_error() || busy,
             "{what}: {status} {}",
             String::from_utf8_lossy(&raw)
         );
-        let body: Value = if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&raw)
-                .unwrap_or_else(|_| panic!("{what}: not JSON: {:?}", String::from_utf8_lossy(&raw)))
-        };
-        let ct = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        assert_eq!(ct, "application/json; charset=utf-8", "{what}");
-        if !status.is_success() {
-            assert!(body["error"].is_string(), "{what}: {status} {body}");
-            assert!(body["error_description"].is_string(), "{what}: {body}");
-            if status == StatusCode::UNAUTHORIZED {
-                assert_eq!(body["error"], "invalid_token", "{what}");
-                assert!(
-                    parts.headers.contains_key(header::WWW_AUTHENTICATE),
-                    "{what}"
-                );
-            }
-        }
-        Resp {
-            status,
-            headers: parts.headers,
-            body,
-            raw,
-        }
+        Resp::new(&what, status, parts.headers, raw.to_vec())
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Resp {
@@ -195,11 +131,8 @@ impl App {
         .await
     }
 
-    pub async fn push_ok(&self, token: &str, ops: Vec<Value>) -> Value {
-        self.push(token, &crate::common::ops(ops))
-            .await
-            .ok()
-            .clone()
+    pub async fn push_ok(&self, token: &str, list: Vec<Value>) -> Value {
+        self.push(token, &ops(list)).await.ok().clone()
     }
 
     pub async fn pull(&self, token: &str, query: &str) -> Resp {

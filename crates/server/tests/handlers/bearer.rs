@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 /// Every kind of bad access token, each with a label, made against `u`'s
 /// real session (so only the forgery itself can be what is refused).

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 /// Revs of a user's whole history, pulled page by page.
 async fn all_revs(app: &App, token: &str) -> Vec<(String, i64)> {

@@ -6,9 +6,6 @@
 //! One test binary (each file under `tests/` is its own binary, linked on
 //! its own), one module per route group.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod app;
 
 mod bearer;

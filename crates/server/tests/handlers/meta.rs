@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test]
 async fn healthz_answers_ok() {

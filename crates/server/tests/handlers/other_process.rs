@@ -6,7 +6,7 @@ use latchkey_server::store::Store as _;
 use serde_json::Value;
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test]
 async fn a_revocation_by_another_process_applies_after_the_poll() {

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test]
 async fn pull_pages_with_limit_and_more() {

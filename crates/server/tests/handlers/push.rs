@@ -6,7 +6,7 @@ use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test]
 async fn one_malformed_op_rejects_the_whole_push() {

@@ -5,7 +5,7 @@ use axum::http::Method;
 use serde_json::json;
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test]
 async fn revoke_by_refresh_token_ends_the_session() {

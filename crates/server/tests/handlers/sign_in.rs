@@ -7,7 +7,7 @@ use latchkey_protocol::{Jwks, KeySet};
 use serde_json::json;
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test]
 async fn password_grant_returns_a_verifiable_access_token() {

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 fn applied(r: &Value, op_id: &str, note_id: &str, rev: i64) {
     assert_eq!(

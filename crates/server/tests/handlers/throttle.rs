@@ -9,7 +9,7 @@ use axum::http::{Method, Request, StatusCode};
 use tower::ServiceExt as _;
 
 use crate::app::*;
-use crate::common::*;
+use latchkey_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_failures_slow_down_that_user_from_that_address_only() {

@@ -1,0 +1,225 @@
+//! The `latchkey-server` binary as the tests and benches run it: built once
+//! per test binary ([`server_bin`]), its command line run to completion
+//! ([`run_cli`], [`add_user`]), and [`TestServer`], a server on a port and
+//! database of its own that can be stopped, killed and restarted in place.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
+
+use crate::spawn::{ServerProcess, Spawn};
+
+/// Names a server binary to use instead of building one.
+pub const SERVER_BIN_ENV: &str = "LATCHKEY_SERVER_BIN";
+
+/// The server binary: [`SERVER_BIN_ENV`] if set, else built (a no-op when
+/// up to date) once per test binary, in the target dir and profile the
+/// running test or bench was built in. A crate's own tests can use
+/// `env!("CARGO_BIN_EXE_latchkey-server")` instead, which cargo builds.
+///
+/// # Panics
+/// If the build fails.
+pub fn server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os(SERVER_BIN_ENV) {
+            return bin.into();
+        }
+        let exe = std::env::current_exe().expect("the path of this test");
+        // target/<profile>/deps/<test> -> target/<profile>/latchkey-server
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test runs from target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("a target dir");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "--locked", "--target-dir"]);
+        build.arg(target_dir);
+        match profile_dir.file_name().and_then(|n| n.to_str()) {
+            // The features `cargo test --workspace` resolves, so that after
+            // it this build is a no-op: the whole workspace selected, and an
+            // example (any) so that dev-dependencies count too. Built for
+            // the server alone, cargo leaves dev-dependencies out (fantoccini
+            // turns on syn's `fold`, for one) and builds a second copy of
+            // the server's dependencies. scripts/run.sh builds the same way.
+            Some("debug") => {
+                build.args([
+                    "--workspace",
+                    "--bin",
+                    "latchkey-server",
+                    "--example",
+                    "bench_seed",
+                ]);
+            }
+            // A test or bench built with --release (or another profile)
+            // runs that profile's server. These runs are one crate's
+            // (`cargo test -p latchkey-client --release`, `cargo bench`),
+            // whose features match no workspace build: the server alone is
+            // the least to build.
+            Some(profile) => {
+                build.args(["-p", "latchkey-server", "--bin", "latchkey-server"]);
+                build.args(["--profile", profile]);
+            }
+            None => panic!("no profile dir above {}", exe.display()),
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building latchkey-server failed");
+        profile_dir.join("latchkey-server")
+    })
+    .clone()
+}
+
+/// Runs `bin` with `args` to completion (killed after 30 s), `stdin` fed
+/// in, with no `LATCHKEY_*` variable of the caller's environment but
+/// `LATCHKEY_LOG=info` and `env`.
+///
+/// # Panics
+/// If it cannot start, or runs past 30 s.
+pub fn run_cli(bin: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Spawn::program(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .command();
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start latchkey-server");
+    let mut input = child.stdin.take().expect("a stdin pipe");
+    if let Some(s) = stdin {
+        let _ = input.write_all(s.as_bytes());
+    }
+    drop(input);
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        // Our own child, not reaped yet: its waiter is still blocked on it.
+        crate::spawn::signal_pid(pid, libc::SIGKILL);
+        panic!("latchkey-server {args:?} did not finish within 30 s");
+    }
+    waiter
+        .join()
+        .expect("the waiter thread")
+        .expect("the output of latchkey-server")
+}
+
+/// `latchkey-server user add` of `name` with `password`, on `db`.
+///
+/// # Panics
+/// If it fails.
+pub fn add_user(bin: &Path, db: &Path, name: &str, password: &str) {
+    let db = db.to_str().expect("a UTF-8 path");
+    let out = run_cli(
+        bin,
+        &[
+            "user",
+            "add",
+            "--username",
+            name,
+            "--password-stdin",
+            "--db",
+            db,
+        ],
+        Some(&format!("{password}\n")),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real server process on a port and database of its own; the port
+/// stays the same across [`TestServer::restart`]. Killed when dropped.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// The extra `serve` flags it starts with.
+    pub extra: Vec<String>,
+    process: Option<ServerProcess>,
+}
+
+impl TestServer {
+    /// Starts `serve` with `extra` flags on a free port and a new database.
+    pub fn start(extra: &[&str]) -> Self {
+        let mut s = TestServer {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            port: crate::free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            process: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("server.db")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process (again) and waits until it listens.
+    pub fn restart(&mut self) {
+        assert!(self.process.is_none(), "already running");
+        let process = Spawn::serve(self.db())
+            .addr(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra)
+            // The start-up line stays, the per-request lines go: nothing
+            // reads them, and the server does as little as it can.
+            .env("LATCHKEY_LOG", "warn,latchkey_server::server=info")
+            .start();
+        self.process = Some(process);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("running").pid()
+    }
+
+    /// SIGTERM, and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.terminate();
+        }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Runs a subcommand on this server's database.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let db = self.db();
+        let mut all = args.to_vec();
+        all.extend(["--db", db.to_str().expect("a UTF-8 path")]);
+        run_cli(&server_bin(), &all, stdin, &[])
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        add_user(&server_bin(), &self.db(), name, password);
+    }
+
+    /// Revokes every session of `name` with the CLI.
+    pub fn revoke_user(&self, name: &str) {
+        let out = self.cli(&["session", "revoke", "--username", name], None);
+        assert!(
+            out.status.success(),
+            "session revoke: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
