@@ -1,8 +1,8 @@
 //! The commands the UI calls: thin wrappers over the engine. None returns a
-//! token or a password; the password passes through to the engine and is
-//! dropped.
+//! token or a password; the password arrives as a [`SecretString`], passes
+//! through to the engine and is zeroed when dropped.
 
-use latchkey_client::{Note, Status};
+use latchkey_client::{ExposeSecret, Note, SecretString, Status};
 use serde::Serialize;
 use serde_json::json;
 use tauri::{AppHandle, Runtime, State};
@@ -47,11 +47,11 @@ pub async fn sign_in<R: Runtime>(
     state: State<'_, AppState>,
     server_url: String,
     username: String,
-    password: String,
+    password: SecretString,
 ) -> Result<Status> {
     let status = state
         .engine
-        .sign_in(&server_url, &username, &password)
+        .sign_in(&server_url, &username, password.expose_secret())
         .await?;
     if let Some(server) = &status.server {
         save_setting(&app, "server_url", json!(server));

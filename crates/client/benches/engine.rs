@@ -44,6 +44,7 @@ use latchkey_client::vault::account_name;
 use latchkey_client::{
     Config, Engine, Http, KeyringVault, ReqwestHttp, SessionState, SystemClock, Vault, VaultEntry,
 };
+use latchkey_protocol::ExposeSecret;
 use latchkey_protocol::{KeySet, Op, OpStatus, PullResponse, PushRequest, PushResponse};
 use latchkey_testkit::server::SERVER_BIN_ENV;
 use latchkey_testkit::{
@@ -360,7 +361,7 @@ async fn restore(vault: Arc<dyn Vault>, label: &str, iterations: usize) {
         let t = Instant::now();
         let entry = VaultEntry::from_json(&raw).unwrap();
         let keys = KeySet::from_jwks(&entry.jwks).unwrap();
-        keys.verify_signed(&entry.access_token, &entry.issuer)
+        keys.verify_signed(entry.access_token.expose_secret(), &entry.issuer)
             .unwrap();
         t_verify.push(t.elapsed());
         let path = latchkey_client::engine::user_dir(data.path(), &entry.server, &entry.user.id)

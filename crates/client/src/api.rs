@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use latchkey_protocol::{
-    ErrorBody, ErrorCode, Jwks, PullResponse, PushRequest, PushResponse, Reason, ServerMetadata,
-    SessionInfo, TokenResponse,
+    ErrorBody, ErrorCode, ExposeSecret, Jwks, PullResponse, PushRequest, PushResponse, Reason,
+    SecretString, ServerMetadata, SessionInfo, TokenResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -185,12 +185,12 @@ pub async fn password_grant(
 pub async fn refresh_grant(
     http: &dyn Http,
     base: &str,
-    refresh_token: &str,
+    refresh_token: &SecretString,
     t: Timeouts,
 ) -> Result<Answer<TokenResponse>, Error> {
     let body = form(&[
         ("grant_type", "refresh_token"),
-        ("refresh_token", refresh_token),
+        ("refresh_token", refresh_token.expose_secret()),
     ]);
     let req = HttpRequest::post(format!("{base}/v1/auth/token"), FORM, body, t.request);
     call(http, req, false).await.map_err(ApiError::into_error)
@@ -199,13 +199,13 @@ pub async fn refresh_grant(
 pub async fn revoke(
     http: &dyn Http,
     base: &str,
-    refresh_token: &str,
+    refresh_token: &SecretString,
     t: Timeouts,
 ) -> Result<(), Error> {
     let req = HttpRequest::post(
         format!("{base}/v1/auth/revoke"),
         FORM,
-        form(&[("token", refresh_token)]),
+        form(&[("token", refresh_token.expose_secret())]),
         t.request,
     );
     let res = http.send(req).await?;
@@ -218,31 +218,31 @@ pub async fn revoke(
 pub async fn session(
     http: &dyn Http,
     base: &str,
-    access_token: &str,
+    access_token: &SecretString,
     t: Timeouts,
 ) -> Result<Answer<SessionInfo>, ApiError> {
-    let req = HttpRequest::get(format!("{base}/v1/auth/session"), t.request)
-        .bearer(access_token.to_owned());
+    let req =
+        HttpRequest::get(format!("{base}/v1/auth/session"), t.request).bearer(access_token.clone());
     call(http, req, false).await
 }
 
 pub async fn push(
     http: &dyn Http,
     base: &str,
-    access_token: &str,
+    access_token: &SecretString,
     body: &PushRequest,
     t: Timeouts,
 ) -> Result<Answer<PushResponse>, ApiError> {
     let body = serde_json::to_vec(body).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let req = HttpRequest::post(format!("{base}/v1/sync/push"), JSON, body, t.sync)
-        .bearer(access_token.to_owned());
+        .bearer(access_token.clone());
     call(http, req, false).await
 }
 
 pub async fn pull(
     http: &dyn Http,
     base: &str,
-    access_token: &str,
+    access_token: &SecretString,
     since: i64,
     limit: u32,
     t: Timeouts,
@@ -251,6 +251,6 @@ pub async fn pull(
         format!("{base}/v1/sync/pull?since={since}&limit={limit}"),
         t.sync,
     )
-    .bearer(access_token.to_owned());
+    .bearer(access_token.clone());
     call(http, req, false).await
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use latchkey_protocol::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
 
@@ -19,7 +20,7 @@ pub enum Method {
 pub struct HttpRequest {
     pub method: Method,
     pub url: String,
-    pub bearer: Option<String>,
+    pub bearer: Option<SecretString>,
     pub content_type: Option<&'static str>,
     pub body: Vec<u8>,
     /// The total time allowed, connect included.
@@ -31,7 +32,7 @@ impl std::fmt::Debug for HttpRequest {
         f.debug_struct("HttpRequest")
             .field("method", &self.method)
             .field("url", &self.url)
-            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .field("bearer", &self.bearer)
             .field("body_len", &self.body.len())
             .finish()
     }
@@ -60,7 +61,7 @@ impl HttpRequest {
         }
     }
 
-    pub fn bearer(mut self, token: String) -> Self {
+    pub fn bearer(mut self, token: SecretString) -> Self {
         self.bearer = Some(token);
         self
     }
@@ -135,7 +136,7 @@ impl Http for ReqwestHttp {
         }
         .timeout(req.timeout);
         if let Some(token) = &req.bearer {
-            builder = builder.bearer_auth(token);
+            builder = builder.bearer_auth(token.expose_secret());
         }
         if let Some(ct) = req.content_type {
             builder = builder.header(reqwest::header::CONTENT_TYPE, ct);

@@ -25,6 +25,8 @@ pub use clock::{Clock, SystemClock};
 pub use engine::{Config, Engine};
 pub use error::{Error, Result};
 pub use http::{Http, ReqwestHttp};
+/// Tokens and passwords in memory (see `latchkey_protocol::secret`).
+pub use latchkey_protocol::{ExposeSecret, SecretString};
 pub use status::{SessionState, Status, StatusError};
 pub use store::Note;
 pub use vault::{KeyringVault, UnavailableVault, Vault, VaultEntry, system_vault};

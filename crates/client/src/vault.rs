@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use latchkey_protocol::secret::{self, ExposeSecret, SecretString};
 use latchkey_protocol::{Claims, Jwks, KeySet, TokenError, UserInfo};
 use serde::{Deserialize, Serialize};
 
@@ -15,8 +16,9 @@ use crate::error::{Error, Result};
 /// well under half that.
 pub const MAX_ENTRY_CHARS: usize = 1200;
 
-/// What is kept of one signed-in session.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What is kept of one signed-in session. The tokens are secrets: `Debug`
+/// shows `[REDACTED]`, and only the keychain write sees their text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VaultEntry {
     /// The server URL, normalized.
     pub server: String,
@@ -24,8 +26,10 @@ pub struct VaultEntry {
     pub issuer: String,
     pub user: UserInfo,
     pub session_id: String,
-    pub access_token: String,
-    pub refresh_token: String,
+    #[serde(serialize_with = "secret::expose")]
+    pub access_token: SecretString,
+    #[serde(serialize_with = "secret::expose")]
+    pub refresh_token: SecretString,
     /// When the session (every refresh token of it) ends, server time.
     pub refresh_expires_at: i64,
     /// Only the keys that can verify the current access token.
@@ -42,32 +46,16 @@ pub struct VaultEntry {
     pub revoke_pending: bool,
 }
 
-impl std::fmt::Debug for VaultEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultEntry")
-            .field("server", &self.server)
-            .field("issuer", &self.issuer)
-            .field("user", &self.user)
-            .field("session_id", &self.session_id)
-            .field("access_token", &"<redacted>")
-            .field("refresh_token", &"<redacted>")
-            .field("refresh_expires_at", &self.refresh_expires_at)
-            .field("latest_seen_time", &self.latest_seen_time)
-            .field("last_confirmed_at", &self.last_confirmed_at)
-            .field("clock_locked", &self.clock_locked)
-            .field("revoke_pending", &self.revoke_pending)
-            .finish()
-    }
-}
-
 impl VaultEntry {
     /// The keychain account name of this entry.
     pub fn account(&self) -> String {
         account_name(&self.server, &self.user.username)
     }
 
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    /// The entry as the keychain stores it: a secret too, as it holds the
+    /// tokens.
+    pub fn to_json(&self) -> SecretString {
+        serde_json::to_string(self).unwrap_or_default().into()
     }
 
     /// Decodes a stored entry; anything malformed is `None` (treated as no
@@ -84,7 +72,7 @@ impl VaultEntry {
     /// and this session's. Not time: the offline policy judges that.
     pub fn verify(&self) -> std::result::Result<(KeySet, Claims), TokenError> {
         let keys = KeySet::from_jwks(&self.jwks).map_err(|_| TokenError::UnknownKey)?;
-        let claims = keys.verify_signed(&self.access_token, &self.issuer)?;
+        let claims = keys.verify_signed(self.access_token.expose_secret(), &self.issuer)?;
         if claims.sub != self.user.id || claims.sid != self.session_id {
             return Err(TokenError::Signature);
         }

@@ -26,6 +26,7 @@ use latchkey_client::http::{HttpRequest, HttpResponse};
 use latchkey_client::{
     Engine, Http, ReqwestHttp, SessionState, SystemClock, Vault, engine::user_dir,
 };
+use latchkey_protocol::ExposeSecret;
 use latchkey_testkit::*;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -296,7 +297,7 @@ async fn the_server_killed_during_pushes_and_refreshes_loses_nothing() {
         let rotated: bool = db
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE parent = ?1 AND used_at IS NULL)",
-                [&Sha256::digest(held.refresh_token.as_bytes())[..]],
+                [&Sha256::digest(held.refresh_token.expose_secret().as_bytes())[..]],
                 |r| r.get(0),
             )
             .unwrap();
@@ -764,7 +765,7 @@ async fn a_process_killed_during_saves_loses_nothing() {
         .unwrap()
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE parent = ?1 AND used_at IS NULL)",
-            [&Sha256::digest(held.refresh_token.as_bytes())[..]],
+            [&Sha256::digest(held.refresh_token.expose_secret().as_bytes())[..]],
             |r| r.get(0),
         )
         .unwrap();

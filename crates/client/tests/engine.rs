@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use latchkey_client::SessionState;
+use latchkey_protocol::ExposeSecret;
 use latchkey_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +266,7 @@ async fn a_rotated_signing_key_is_fetched_once_and_kept_for_offline() {
     let kid_in_vault = || {
         let entry: latchkey_client::VaultEntry =
             serde_json::from_str(&vault.raw(&vault.accounts()[0]).unwrap()).unwrap();
-        latchkey_protocol::KeySet::token_kid(&entry.access_token).unwrap()
+        latchkey_protocol::KeySet::token_kid(entry.access_token.expose_secret()).unwrap()
     };
     let old_kid = kid_in_vault();
     let out = server.cli(&["keys", "rotate"], None);
@@ -328,9 +329,9 @@ async fn a_tampered_or_foreign_token_in_the_keychain_signs_out() {
     let mut entry: latchkey_client::VaultEntry = serde_json::from_str(&original).unwrap();
 
     // tampered payload, original signature
-    let mut claims = jwt_part(&entry.access_token, 1);
+    let mut claims = jwt_part(entry.access_token.expose_secret(), 1);
     claims["name"] = "mallory".into();
-    entry.access_token = tamper(&entry.access_token, &claims);
+    entry.access_token = tamper(entry.access_token.expose_secret(), &claims).into();
     vault.put_raw(&account, &serde_json::to_string(&entry).unwrap());
     let e = engine(dir.path(), &vault, &http).await;
     let st = e.status();
@@ -340,11 +341,11 @@ async fn a_tampered_or_foreign_token_in_the_keychain_signs_out() {
 
     // signed by a foreign key under the server's kid
     let mut entry: latchkey_client::VaultEntry = serde_json::from_str(&original).unwrap();
-    let kid = latchkey_protocol::KeySet::token_kid(&entry.access_token).unwrap();
+    let kid = latchkey_protocol::KeySet::token_kid(entry.access_token.expose_secret()).unwrap();
     let claims: latchkey_protocol::Claims =
-        serde_json::from_value(jwt_part(&entry.access_token, 1)).unwrap();
+        serde_json::from_value(jwt_part(entry.access_token.expose_secret(), 1)).unwrap();
     let foreign = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
-    entry.access_token = latchkey_protocol::token::sign(&foreign, &kid, &claims);
+    entry.access_token = latchkey_protocol::token::sign(&foreign, &kid, &claims).into();
     vault.put_raw(&account, &serde_json::to_string(&entry).unwrap());
     let e = engine(dir.path(), &vault, &http).await;
     assert_eq!(e.status().state, SessionState::SignedOut);
@@ -496,7 +497,7 @@ async fn signing_out_offline_revokes_once_the_server_is_back() {
         .post(format!("{}/v1/auth/token", server.url()))
         .form(&[
             ("grant_type", "refresh_token"),
-            ("refresh_token", entry.refresh_token.as_str()),
+            ("refresh_token", entry.refresh_token.expose_secret()),
         ])
         .send()
         .await

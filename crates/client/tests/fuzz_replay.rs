@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use latchkey_client::http::{HttpRequest, HttpResponse};
 use latchkey_client::{Http, ReqwestHttp, SystemClock, VaultEntry};
 use latchkey_protocol::fuzzing::{self as fx, replay};
+use latchkey_protocol::{ExposeSecret, SecretString};
 use latchkey_testkit::*;
 
 fn fuzz_dir() -> PathBuf {
@@ -68,7 +69,7 @@ async fn a_keychain_entry_with_extreme_times_locks_instead_of_crashing() {
     for time in [i64::MIN, i64::MAX] {
         let mut entry = signed_in.clone();
         (entry.latest_seen_time, entry.last_confirmed_at) = (time, time);
-        vault.put_raw(&account, &entry.to_json());
+        vault.put_raw(&account, entry.to_json().expose_secret());
         let e = engine(dir.path(), &vault, &http).await;
         wait_state(&e, latchkey_client::SessionState::Locked, 10).await;
         // Past a second, the monotonic floor (latest time seen + elapsed) is in play.
@@ -131,8 +132,8 @@ impl Seeds {
 /// to the fixture's clock.
 fn corpus_entry(raw: &str) -> String {
     let mut entry = VaultEntry::from_json(raw).expect("the engine stored a valid entry");
-    let (token, ..) = fx::resign(&entry.access_token).expect("a real token");
-    entry.access_token = token;
+    let (token, ..) = fx::resign(entry.access_token.expose_secret()).expect("a real token");
+    entry.access_token = token.into();
     entry.issuer = fx::ISSUER.into();
     entry.user.id = fx::USER_ID.into();
     entry.session_id = fx::SESSION_ID.into();
@@ -142,7 +143,7 @@ fn corpus_entry(raw: &str) -> String {
     entry.last_confirmed_at += shift;
     entry.refresh_expires_at += shift;
     assert!(entry.verify().is_ok());
-    entry.to_json()
+    entry.to_json().expose_secret().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +224,7 @@ async fn capture_seed_corpora() {
     http.send(first_push.bearer(entry.access_token.clone()))
         .await
         .unwrap();
-    let refresh = |token: String| {
+    let refresh = |token: SecretString| {
         let (http, url) = (http.clone(), server.url());
         async move { latchkey_client::api::refresh_grant(&http, &url, &token, t).await }
     };

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use latchkey_client::{Engine, SessionState, Status};
+use latchkey_protocol::ExposeSecret;
 use latchkey_testkit::*;
 
 /// Waits until a sync has nothing left to send and has worked.
@@ -505,7 +506,7 @@ async fn a_refresh_token_replayed_in_the_retry_window_revokes_the_session() {
         }
     };
     // The thief uses the stolen token first.
-    let thief: serde_json::Value = grant(stolen.refresh_token.clone())
+    let thief: serde_json::Value = grant(stolen.refresh_token.expose_secret().to_owned())
         .await
         .json()
         .await
@@ -591,7 +592,7 @@ async fn a_sign_out_made_offline_is_revoked_even_after_signing_in_again() {
     let web = web();
     let old_session_works = || async {
         web.get(format!("{}/v1/auth/session", server.url()))
-            .bearer_auth(&old.access_token)
+            .bearer_auth(old.access_token.expose_secret())
             .send()
             .await
             .unwrap()

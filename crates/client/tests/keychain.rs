@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use latchkey_client::{Config, Engine, KeyringVault, SessionState, SystemClock, Vault};
+use latchkey_protocol::ExposeSecret;
 use latchkey_testkit::*;
 
 const INNER_ENV: &str = "LATCHKEY_KEYCHAIN_SESSION";
@@ -109,11 +110,11 @@ fn inner_session_in_secret_service() {
         for root in [Path::new(&data_home), dir.path()] {
             let bytes = all_bytes(root);
             assert!(
-                !contains(&bytes, &entry.refresh_token),
+                !contains(&bytes, entry.refresh_token.expose_secret()),
                 "refresh token in clear under {root:?}"
             );
             assert!(
-                !contains(&bytes, &entry.access_token[..60]),
+                !contains(&bytes, &entry.access_token.expose_secret()[..60]),
                 "access token in clear under {root:?}"
             );
         }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use latchkey_client::http::{HttpRequest, HttpResponse};
 use latchkey_client::{Config, Engine, Http, ReqwestHttp, SystemClock, Vault, VaultEntry};
+use latchkey_protocol::ExposeSecret;
 use latchkey_testkit::*;
 use rand::Rng as _;
 use uuid::Uuid;
@@ -539,7 +540,7 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
         let entry = VaultEntry::from_json(&c.vault.raw(&accounts[0]).unwrap()).unwrap();
         let (http, url, n) = (http.clone(), server.url(), c.n);
         tasks.spawn(async move {
-            let held = notes_on_server(&http, &url, &entry.access_token).await;
+            let held = notes_on_server(&http, &url, entry.access_token.expose_secret()).await;
             (n, want, held, local)
         });
     }

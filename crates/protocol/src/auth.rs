@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::{self, SecretString};
+
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
@@ -12,32 +14,21 @@ pub struct UserInfo {
 
 /// 200 answer of `POST /v1/auth/token`, for both grants.
 ///
-/// Its `Debug` leaves the tokens out, so it can never leak into a log.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The tokens are [`SecretString`]s: `Debug` shows `[REDACTED]`, so no log
+/// line or error can print one, and they are zeroed when dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
-    pub access_token: String,
+    #[serde(serialize_with = "secret::expose")]
+    pub access_token: SecretString,
     pub token_type: String,
     /// Seconds until the access token expires.
     pub expires_in: u64,
-    pub refresh_token: String,
+    #[serde(serialize_with = "secret::expose")]
+    pub refresh_token: SecretString,
     /// Seconds until the session (and so every refresh token of it) ends.
     pub refresh_expires_in: u64,
     pub session_id: String,
     pub user: UserInfo,
-}
-
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("access_token", &"<redacted>")
-            .field("token_type", &self.token_type)
-            .field("expires_in", &self.expires_in)
-            .field("refresh_token", &"<redacted>")
-            .field("refresh_expires_in", &self.refresh_expires_in)
-            .field("session_id", &self.session_id)
-            .field("user", &self.user)
-            .finish()
-    }
 }
 
 /// 200 answer of `GET /v1/auth/session`.

@@ -7,11 +7,13 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod secret;
 pub mod sync;
 pub mod token;
 
 pub use auth::{Jwk, Jwks, ServerMetadata, SessionInfo, TokenResponse, UserInfo};
 pub use error::{ErrorBody, ErrorCode, Reason};
+pub use secret::{ExposeSecret, SecretString};
 pub use sync::{
     Change, Op, OpResult, OpStatus, PullResponse, PushRequest, PushResponse, ServerNote,
 };

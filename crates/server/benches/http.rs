@@ -32,7 +32,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use latchkey_protocol::{Op, OpStatus, PullResponse, PushRequest, PushResponse, TokenResponse};
+use latchkey_protocol::{
+    ExposeSecret, Op, OpStatus, PullResponse, PushRequest, PushResponse, TokenResponse,
+};
 use latchkey_testkit::{ServerProcess, Spawn, add_user};
 use uuid::Uuid;
 
@@ -569,7 +571,8 @@ async fn sign_in(addr: SocketAddr, password: &str) -> anyhow::Result<String> {
     let status = res.status();
     let bytes = res.into_body().collect().await?.to_bytes();
     ensure!(status == StatusCode::OK, "sign-in answered {status}");
-    Ok(serde_json::from_slice::<TokenResponse>(&bytes)?.access_token)
+    let tokens: TokenResponse = serde_json::from_slice(&bytes)?;
+    Ok(tokens.access_token.expose_secret().to_owned())
 }
 
 /// `latchkey-server serve` on a free loopback port, its log in `log`.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use latchkey_client::VaultEntry;
+use latchkey_client::{ExposeSecret, VaultEntry};
 use latchkey_testkit::{MemoryVault, PW, TestServer, free_port};
 use serde_json::{Value, json};
 use tauri::ipc::{CallbackFn, InvokeBody};
@@ -109,7 +109,11 @@ fn sign_in_names_the_user_and_returns_no_secret() {
     let account = s.vault.accounts().pop().expect("a keychain entry");
     let entry = VaultEntry::from_json(&s.vault.raw(&account).expect("stored")).expect("valid");
     let text = s.reply.to_string();
-    for secret in [PW, &entry.access_token, &entry.refresh_token] {
+    for secret in [
+        PW,
+        entry.access_token.expose_secret(),
+        entry.refresh_token.expose_secret(),
+    ] {
         assert!(!text.contains(secret), "a secret in the reply: {text}");
     }
     // The settings remember the server and the user, and nothing secret.
@@ -118,7 +122,7 @@ fn sign_in_names_the_user_and_returns_no_secret() {
     assert_eq!(settings["last_user"], "ann");
     let file = std::fs::read_to_string(s.dir.path().join(crate::state::SETTINGS))
         .expect("the settings file");
-    assert!(!file.contains(PW) && !file.contains(&entry.refresh_token));
+    assert!(!file.contains(PW) && !file.contains(entry.refresh_token.expose_secret()));
 }
 
 #[test]

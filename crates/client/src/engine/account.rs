@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use latchkey_protocol::{Claims, Jwks, KeySet, TokenError, TokenResponse};
+use latchkey_protocol::{Claims, Jwks, KeySet, SecretString, TokenError, TokenResponse};
 use sha2::{Digest as _, Sha256};
 
 use super::blocking::blocking;
@@ -36,7 +36,7 @@ pub(crate) async fn open_store(data_dir: &Path, entry: &VaultEntry) -> Result<Lo
 pub(crate) struct Renewal {
     pub(crate) server: String,
     pub(crate) issuer: String,
-    pub(crate) refresh_token: String,
+    pub(crate) refresh_token: SecretString,
     pub(crate) keys: KeySet,
     pub(crate) jwks: Jwks,
 }
@@ -167,7 +167,7 @@ impl Account {
     /// at local time `now`: a new generation. Returns the entry to keep.
     pub(crate) fn refreshed(
         &mut self,
-        access_token: String,
+        access_token: SecretString,
         renewal: Renewal,
         claims: Claims,
         now: i64,

@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use latchkey_protocol::ExposeSecret;
+
 use super::blocking::{blocking, lock};
 use crate::error::{Error, Result};
 use crate::status::StatusError;
@@ -50,7 +52,7 @@ impl Keychain {
     /// Stores an entry that is not the active session's (no gate).
     pub(crate) async fn store(&self, account: &str, entry: &VaultEntry) -> Result<()> {
         let (vault, account, json) = (self.vault.clone(), account.to_owned(), entry.to_json());
-        blocking(move || vault.store(&account, &json)).await
+        blocking(move || vault.store(&account, json.expose_secret())).await
     }
 
     pub(crate) async fn delete(&self, account: &str) -> Result<()> {
@@ -147,11 +149,12 @@ fn write_if_active(
         return Ok(());
     }
     let json = entry.to_json();
+    let json = json.expose_secret();
     if json.len() > MAX_ENTRY_CHARS {
         tracing::warn!(
             len = json.len(),
             "the keychain entry is larger than planned"
         );
     }
-    vault.store(&entry.account(), &json)
+    vault.store(&entry.account(), json)
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use latchkey_protocol::{Claims, KeySet, SessionInfo, TokenResponse, UserInfo};
+use latchkey_protocol::{
+    Claims, ExposeSecret, KeySet, SecretString, SessionInfo, TokenResponse, UserInfo,
+};
 
 use super::account::{Account, Renewal, open_store, user_dir};
 use super::blocking::{blocking, lock};
@@ -295,7 +297,7 @@ impl Session {
                 &meta.issuer,
                 &mut keys,
                 &mut jwks,
-                &tokens.access_token,
+                tokens.access_token.expose_secret(),
                 self.clock.server_now(),
             )
             .await;
@@ -430,7 +432,7 @@ impl Session {
 
     /// The access token to send and its generation, refreshing first when
     /// less than a fifth of its life is left.
-    async fn fresh_token(&self) -> Result<(String, u64)> {
+    async fn fresh_token(&self) -> Result<(SecretString, u64)> {
         let (token, generation, stale) = {
             let acc = lock(&self.account);
             let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
@@ -445,7 +447,7 @@ impl Session {
         self.current_token()
     }
 
-    fn current_token(&self) -> Result<(String, u64)> {
+    fn current_token(&self) -> Result<(SecretString, u64)> {
         let acc = lock(&self.account);
         let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
         Ok((acc.entry.access_token.clone(), acc.generation))
@@ -477,7 +479,7 @@ impl Session {
             .rotate_refresh_token(&renewal.server, &renewal.refresh_token)
             .await?;
         let claims = self
-            .verify_refreshed(&mut renewal, &tokens.access_token)
+            .verify_refreshed(&mut renewal, tokens.access_token.expose_secret())
             .await?;
         let now = self.now();
         let entry = {
@@ -523,7 +525,11 @@ impl Session {
     /// the old token as it answers, so the new one reaches the keychain
     /// before anything else can fail; an answer that never came leaves the
     /// refresh in doubt, to be retried at the next contact.
-    async fn rotate_refresh_token(&self, server: &str, token: &str) -> Result<TokenResponse> {
+    async fn rotate_refresh_token(
+        &self,
+        server: &str,
+        token: &SecretString,
+    ) -> Result<TokenResponse> {
         let answer = api::refresh_grant(self.http.as_ref(), server, token, self.timeouts).await;
         let answer = match answer {
             Ok(a) => a,
@@ -558,7 +564,7 @@ impl Session {
     /// it; one that finds no network takes the engine offline.
     pub(crate) async fn authed<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: Fn(String) -> Fut,
+        F: Fn(SecretString) -> Fut,
         Fut: Future<Output = std::result::Result<Answer<T>, ApiError>>,
     {
         self.reporter.ensure_network()?;

@@ -96,10 +96,10 @@ fn token_response(
         now,
     );
     TokenResponse {
-        access_token,
+        access_token: access_token.into(),
         token_type: "Bearer".into(),
         expires_in,
-        refresh_token,
+        refresh_token: refresh_token.into(),
         refresh_expires_in: (session.expires_at - now).max(0) as u64,
         session_id: session.id.clone(),
         user: UserInfo {
