@@ -10,12 +10,17 @@
 #  * idle memory: RSS, PSS and RssAnon of the app plus every descendant process
 #    (WebKitWebProcess, WebKitNetworkProcess) after IDLE seconds on the
 #    notes screen;
-#  * sizes: target/release/latchkey-app as built and stripped, and the .deb
-#    in target/release/bundle/deb/ if `cargo tauri build --bundles deb` made
-#    one.
+#  * sizes: the release and dist binaries as built (and the release one
+#    stripped), and every .deb in target/{release,dist}/bundle/deb/ that
+#    `cargo tauri build --bundles deb [-- --profile dist]` made.
+#
+# PROFILES names cargo profiles: debug, release, and dist, the packaged
+# build (the `dist` profile with tauri's custom-protocol feature, exactly
+# what `cargo tauri build -- --profile dist` compiles, so the binary is
+# shared with the .deb's build).
 #
 #   bash scripts/bench-app.sh                      # 10 starts, debug and release
-#   RUNS=5 PROFILES=release IDLE=10 bash scripts/bench-app.sh
+#   RUNS=5 PROFILES="release dist" IDLE=10 bash scripts/bench-app.sh
 #   bash scripts/bench-app.sh --sizes              # only the sizes, no build
 #
 # Everything runs in one private D-Bus session with an unlocked
@@ -40,22 +45,27 @@ SHOTS="$PWD/target/bench-app"
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
+mib() { numfmt --to-unit=Mi --format=%.1f "$(stat -c %s "$1")"; }
+
 sizes() {
-  local bin=target/release/latchkey-app stripped
+  local bin stripped
   echo
   echo "== sizes"
+  bin=target/release/latchkey-app
   if [ -f "$bin" ]; then
     stripped="$(mktemp)"
     strip -o "$stripped" "$bin"
     printf 'release binary: %s bytes (%s MiB); stripped: %s bytes (%s MiB)\n' \
-      "$(stat -c %s "$bin")" "$(numfmt --to-unit=Mi --format=%.1f "$(stat -c %s "$bin")")" \
-      "$(stat -c %s "$stripped")" "$(numfmt --to-unit=Mi --format=%.1f "$(stat -c %s "$stripped")")"
+      "$(stat -c %s "$bin")" "$(mib "$bin")" "$(stat -c %s "$stripped")" "$(mib "$stripped")"
     rm -f "$stripped"
   fi
-  for deb in target/release/bundle/deb/*.deb; do
+  bin=target/dist/latchkey-app
+  if [ -f "$bin" ]; then
+    printf 'dist binary: %s bytes (%s MiB)\n' "$(stat -c %s "$bin")" "$(mib "$bin")"
+  fi
+  for deb in target/release/bundle/deb/*.deb target/dist/bundle/deb/*.deb; do
     [ -f "$deb" ] || continue
-    printf '.deb: %s: %s bytes (%s MiB)\n' "$deb" "$(stat -c %s "$deb")" \
-      "$(numfmt --to-unit=Mi --format=%.1f "$(stat -c %s "$deb")")"
+    printf '.deb: %s: %s bytes (%s MiB)\n' "$deb" "$(stat -c %s "$deb")" "$(mib "$deb")"
   done
 }
 
@@ -67,11 +77,12 @@ fi
 if [ "${1:-}" != "--inner" ]; then
   bash scripts/setup.sh
   for p in $PROFILES; do
-    if [ "$p" = release ]; then
-      cargo build --locked --release -p latchkey-app --bin latchkey-app
-    else
-      cargo build --locked -p latchkey-app --bin latchkey-app
-    fi
+    case "$p" in
+      debug) cargo build --locked -p latchkey-app --bin latchkey-app ;;
+      release) cargo build --locked --release -p latchkey-app --bin latchkey-app ;;
+      dist) cargo build --locked --profile dist --bin latchkey-app --features tauri/custom-protocol ;;
+      *) echo "bench-app: unknown profile $p (debug, release or dist)" >&2; exit 2 ;;
+    esac
   done
   cargo build --locked -p latchkey-server --bin latchkey-server
   cargo build --locked -p latchkey-app --example bench_seed
