@@ -402,3 +402,48 @@ pub fn system_vault(service: &str, unlock_wait: Duration) -> std::sync::Arc<dyn 
         Err(error) => std::sync::Arc::new(UnavailableVault { error }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use latchkey_protocol::Jwks;
+
+    use super::*;
+
+    fn entry() -> VaultEntry {
+        VaultEntry {
+            server: "http://127.0.0.1:1".into(),
+            issuer: "http://127.0.0.1:1".into(),
+            user: UserInfo {
+                id: "u1".into(),
+                username: "ann".into(),
+            },
+            session_id: "s1".into(),
+            access_token: "eyJ.access-token-text.sig".into(),
+            refresh_token: "refresh-token-text".into(),
+            refresh_expires_at: 2_000_000_000,
+            jwks: Jwks { keys: vec![] },
+            latest_seen_time: 1_900_000_000,
+            last_confirmed_at: 1_900_000_000,
+            clock_locked: false,
+            revoke_pending: true,
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_a_token_but_the_keychain_text_keeps_both() {
+        let entry = entry();
+        let shown = format!("{entry:?} {entry:#?}");
+        assert!(!shown.contains("access-token-text"), "{shown}");
+        assert!(!shown.contains("refresh-token-text"), "{shown}");
+        assert!(shown.contains("ann") && shown.contains("s1"), "{shown}");
+
+        let json = entry.to_json();
+        let back = VaultEntry::from_json(json.expose_secret()).expect("its own JSON decodes");
+        assert_eq!(
+            back.access_token.expose_secret(),
+            "eyJ.access-token-text.sig"
+        );
+        assert_eq!(back.refresh_token.expose_secret(), "refresh-token-text");
+        assert!(back.revoke_pending);
+    }
+}
