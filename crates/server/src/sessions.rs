@@ -71,6 +71,19 @@ impl Sessions {
         live.entry(session.id.clone()).or_insert(session).clone()
     }
 
+    /// `Err` if `sid` is known to be revoked.
+    fn not_revoked(&self, sid: &str) -> Result<(), AppError> {
+        match self
+            .revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+        {
+            Some((reason, _)) => Err(revoked_error(*reason)),
+            None => Ok(()),
+        }
+    }
+
     /// The session of a verified token, or why it is no longer good.
     pub async fn check(
         &self,
@@ -78,14 +91,7 @@ impl Sessions {
         sid: &str,
         now: i64,
     ) -> Result<SessionRecord, AppError> {
-        if let Some((reason, _)) = self
-            .revoked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-        {
-            return Err(revoked_error(*reason));
-        }
+        self.not_revoked(sid)?;
         let cached = self
             .live
             .read()
@@ -109,14 +115,7 @@ impl Sessions {
             }
         };
         // A revocation may have landed between the two looks above.
-        if let Some((reason, _)) = self
-            .revoked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sid)
-        {
-            return Err(revoked_error(*reason));
-        }
+        self.not_revoked(sid)?;
         if session.expires_at <= now {
             return Err(AppError::invalid_token(
                 "the session has expired",
