@@ -64,6 +64,11 @@ pub fn server_bin() -> PathBuf {
             }
             None => panic!("no profile dir above {}", exe.display()),
         }
+        for (name, _) in std::env::vars_os() {
+            if is_set_by_cargo_for_tests(&name) {
+                build.env_remove(name);
+            }
+        }
         let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
@@ -72,6 +77,29 @@ pub fn server_bin() -> PathBuf {
         profile_dir.join("latchkey-server")
     })
     .clone()
+}
+
+/// The variables cargo sets for the test it runs (its package's name,
+/// folder, version, ...). A nested `cargo build` must not see them: build
+/// scripts such as ring's ask to rerun when `CARGO_MANIFEST_DIR` or
+/// `CARGO_PKG_NAME` change, so the build would redo ring, rustls, reqwest
+/// and the workspace, and the next `cargo` run from a shell (scripts/run.sh
+/// after scripts/test.sh) would redo them all again.
+fn is_set_by_cargo_for_tests(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    name == "OUT_DIR"
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
 }
 
 /// Runs `bin` with `args` to completion (killed after 30 s), `stdin` fed
