@@ -15,7 +15,8 @@ pub use auth::{Jwk, Jwks, ServerMetadata, SessionInfo, TokenResponse, UserInfo};
 pub use error::{ErrorBody, ErrorCode, Reason};
 pub use secret::{ExposeSecret, SecretString};
 pub use sync::{
-    Change, Op, OpResult, OpStatus, PullResponse, PushRequest, PushResponse, ServerNote,
+    Change, ChangedEvent, HistoryResponse, NoteVersion, Op, OpResult, OpStatus, PullResponse,
+    PushRequest, PushResponse, RevokedEvent, ServerNote,
 };
 pub use token::{Claims, KeySet, TokenError};
 

@@ -1,4 +1,5 @@
-//! `POST /v1/sync/push` and `GET /v1/sync/pull`.
+//! `POST /v1/sync/push`, `GET /v1/sync/pull`, the live-updates stream
+//! `GET /v1/sync/events` and `GET /v1/notes/{id}/history`.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -177,6 +178,50 @@ pub struct PullResponse {
     pub changes: Vec<Change>,
     pub cursor: i64,
     pub more: bool,
+}
+
+/// Path of the live-updates stream (Server-Sent Events).
+pub const EVENTS_PATH: &str = "/v1/sync/events";
+/// The stream's event for a rev that advanced; data [`ChangedEvent`].
+pub const EVENT_CHANGED: &str = "changed";
+/// The stream's last event when the session is revoked; data
+/// [`RevokedEvent`].
+pub const EVENT_REVOKED: &str = "revoked";
+/// The stream sends a comment after at most this many seconds without
+/// output, so that proxies keep an idle stream open.
+pub const EVENTS_PING_SECS: u64 = 15;
+/// The server keeps at least this many earlier versions of every note.
+pub const HISTORY_KEPT_VERSIONS: usize = 50;
+
+/// The data of an `event: changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedEvent {
+    /// The user's latest rev.
+    pub cursor: i64,
+}
+
+/// The data of an `event: revoked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedEvent {
+    pub reason: crate::Reason,
+}
+
+/// One earlier version of a note, as `GET /v1/notes/{id}/history` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteVersion {
+    /// The rev this version had.
+    pub rev: i64,
+    pub title: String,
+    pub body: String,
+    pub deleted: bool,
+    pub updated_at: i64,
+}
+
+/// The 200 answer of `GET /v1/notes/{id}/history`: newest first, the
+/// current version left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub versions: Vec<NoteVersion>,
 }
 
 #[cfg(test)]
