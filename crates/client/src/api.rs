@@ -7,14 +7,15 @@
 
 use std::time::Duration;
 
+use latchkey_protocol::sync::EVENTS_PATH;
 use latchkey_protocol::{
-    ErrorBody, ErrorCode, ExposeSecret, Jwks, PullResponse, PushRequest, PushResponse, Reason,
-    SecretString, ServerMetadata, SessionInfo, TokenResponse,
+    ErrorBody, ErrorCode, ExposeSecret, HistoryResponse, Jwks, PullResponse, PushRequest,
+    PushResponse, Reason, SecretString, ServerMetadata, SessionInfo, TokenResponse,
 };
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::http::{Http, HttpRequest, HttpResponse};
+use crate::http::{Http, HttpRequest, HttpResponse, HttpStream};
 
 /// Either a plain engine error, or a 401 the caller may answer with one
 /// refresh and one retry.
@@ -253,4 +254,52 @@ pub async fn pull(
     )
     .bearer(access_token.clone());
     call(http, req, false).await
+}
+
+pub async fn history(
+    http: &dyn Http,
+    base: &str,
+    access_token: &SecretString,
+    note_id: uuid::Uuid,
+    t: Timeouts,
+) -> Result<Answer<HistoryResponse>, ApiError> {
+    let req = HttpRequest::get(format!("{base}/v1/notes/{note_id}/history"), t.sync)
+        .bearer(access_token.clone());
+    call(http, req, false).await
+}
+
+/// An error answer to a stream is read whole, up to this many bytes.
+const STREAM_ERROR_BYTES: usize = 64 * 1024;
+
+/// Opens the live-updates stream; a refusal is sorted like any answer.
+pub async fn events(
+    http: &dyn Http,
+    base: &str,
+    access_token: &SecretString,
+    t: Timeouts,
+) -> Result<Answer<HttpStream>, ApiError> {
+    let req =
+        HttpRequest::get(format!("{base}{EVENTS_PATH}"), t.request).bearer(access_token.clone());
+    let mut stream = http.stream(req).await?;
+    if stream.status == 200 {
+        let server_time = stream.date;
+        return Ok(Answer {
+            value: stream,
+            server_time,
+        });
+    }
+    let mut body = Vec::new();
+    while body.len() < STREAM_ERROR_BYTES {
+        match tokio::time::timeout(t.request, stream.body.next()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    let res = HttpResponse {
+        status: stream.status,
+        body,
+        date: stream.date,
+        retry_after: None,
+    };
+    Err(failure(&res, false))
 }

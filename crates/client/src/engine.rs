@@ -18,6 +18,8 @@ mod blocking;
 mod config;
 mod connectivity;
 mod keychain;
+mod live;
+mod notes;
 mod prefs;
 mod report;
 mod revocations;
@@ -32,11 +34,13 @@ use uuid::Uuid;
 
 pub use account::user_dir;
 pub use config::Config;
+pub use notes::{INDEX_BATCH, SEARCH_LIMIT};
 pub use sync::PUSH_BATCH;
 
 use blocking::{blocking, lock};
 use connectivity::{Connectivity, LoopGuard};
 use keychain::Keychain;
+use live::Live;
 use prefs::Prefs;
 use report::{Reporter, Wake};
 use revocations::Revocations;
@@ -47,7 +51,7 @@ use crate::clock::Clock;
 use crate::error::Result;
 use crate::http::Http;
 use crate::status::Status;
-use crate::store::{Note, create_private_dir};
+use crate::store::{LocalStore, Note, create_private_dir};
 use crate::vault::Vault;
 
 /// The engine. Cheap to clone; the background loop stops when the last
@@ -57,6 +61,8 @@ pub struct Engine {
     session: Arc<Session>,
     reporter: Arc<Reporter>,
     connectivity: Arc<Connectivity>,
+    http: Arc<dyn Http>,
+    timeouts: crate::api::Timeouts,
     _loop: Arc<LoopGuard>,
 }
 
@@ -99,23 +105,33 @@ impl Engine {
             session.clone(),
             revocations.clone(),
             reporter.clone(),
-            http,
+            http.clone(),
+            config.timeouts,
+        ));
+        let live = Arc::new(Live::new(
+            session.clone(),
+            syncer.clone(),
+            http.clone(),
             config.timeouts,
         ));
         let connectivity = Arc::new(Connectivity::new(
             &config,
             session.clone(),
             syncer,
+            live,
             revocations,
             reporter.clone(),
         ));
         session.restore().await;
         session.publish();
+        notes::tidy_store(session.clone(), reporter.clone());
         let guard = connectivity.start(rx);
         Ok(Engine {
             session,
             reporter,
             connectivity,
+            http,
+            timeouts: config.timeouts,
             _loop: Arc::new(guard),
         })
     }
@@ -140,6 +156,9 @@ impl Engine {
     ) -> Result<Status> {
         let result = self.session.sign_in(server_url, username, password).await;
         self.record(&result);
+        if result.is_ok() {
+            notes::tidy_store(self.session.clone(), self.reporter.clone());
+        }
         result.map(|()| self.status())
     }
 
@@ -203,25 +222,18 @@ impl Engine {
         title: String,
         body: String,
     ) -> Result<Note> {
-        let store = self.session.notes_store()?;
-        let now = self.session.now();
         // Time-ordered ids (as the outbox's op ids): the server's and the
         // local store's indexes then grow at one end instead of touching a
         // random page per note: a batched push costs the server a third of
         // the time (BENCHMARKS.md).
         let id = id.unwrap_or_else(Uuid::now_v7);
-        let result =
-            blocking(move || lock(&store).save_note(id, base_version, &title, &body, now)).await;
-        self.after_edit(&result);
-        result
+        self.edit(move |store, now| store.save_note(id, base_version, &title, &body, now))
+            .await
     }
 
     pub async fn delete_note(&self, id: Uuid) -> Result<()> {
-        let store = self.session.notes_store()?;
-        let now = self.session.now();
-        let result = blocking(move || lock(&store).delete_note(id, now)).await;
-        self.after_edit(&result);
-        result
+        self.edit(move |store, now| store.delete_note(id, now))
+            .await
     }
 
     /// Keeps the outcome of a user action as the status' last error.
@@ -231,13 +243,32 @@ impl Engine {
         }
     }
 
-    fn after_edit<T>(&self, result: &Result<T>) {
+    /// Runs a change of the notes, durably, then shows it (with the
+    /// pending count read in the same turn, so it is never stale) and
+    /// schedules a sync.
+    async fn edit<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&mut LocalStore, i64) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.session.notes_store()?;
+        let now = self.session.now();
+        let result = blocking(move || {
+            let mut store = lock(&store);
+            let out = change(&mut store, now)?;
+            Ok((out, store.pending_count()?))
+        })
+        .await;
         match result {
-            Ok(_) => {
+            Ok((out, pending)) => {
+                self.reporter.set_pending(pending);
                 self.session.publish();
                 self.reporter.wake(Wake::Edited);
+                Ok(out)
             }
-            Err(e) => self.session.show_error(e),
+            Err(e) => {
+                self.session.show_error(&e);
+                Err(e)
+            }
         }
     }
 }

@@ -42,6 +42,10 @@ pub enum Error {
     /// Nobody is signed in.
     #[error("nobody is signed in")]
     NotSignedIn,
+    /// What was asked needs the server (history, for one), and the engine
+    /// is offline: everything else keeps working.
+    #[error("{0} needs the server, and Latchkey is offline now")]
+    Offline(&'static str),
     /// "Work offline" is on.
     #[error("working offline is switched on")]
     WorkingOffline,
@@ -84,6 +88,7 @@ impl Error {
             Error::SessionRevoked => "session_revoked",
             Error::Locked(_) => "locked",
             Error::NotSignedIn => "not_signed_in",
+            Error::Offline(_) => "offline",
             Error::WorkingOffline => "working_offline",
             Error::Token(_) => "token_invalid",
             Error::Server(_) => "server_error",

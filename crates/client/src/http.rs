@@ -77,10 +77,41 @@ pub struct HttpResponse {
     pub retry_after: Option<u64>,
 }
 
+/// The body of a response that stays open (Server-Sent Events), read as
+/// it comes.
+#[async_trait]
+pub trait Chunks: Send {
+    /// The next bytes, or `None` once the server ended the response. A
+    /// broken connection is `Error::Network`.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>>;
+}
+
+/// A response whose body is read as it comes.
+pub struct HttpStream {
+    pub status: u16,
+    /// The server's `Date` header, Unix seconds.
+    pub date: Option<i64>,
+    pub body: Box<dyn Chunks>,
+}
+
 #[async_trait]
 pub trait Http: Send + Sync + 'static {
     /// Sends one request. Any failure to get a response is `Error::Network`.
     async fn send(&self, req: HttpRequest) -> Result<HttpResponse>;
+
+    /// Whether [`Http::stream`] works. A transport without streams (this
+    /// default) leaves the engine to its periodic pulls.
+    fn has_streams(&self) -> bool {
+        false
+    }
+
+    /// Sends a request whose response stays open (the live-updates stream):
+    /// `req.timeout` bounds the wait for the response's head only, the body
+    /// then comes with no deadline.
+    async fn stream(&self, req: HttpRequest) -> Result<HttpStream> {
+        let _ = req;
+        Err(Error::InvalidInput("this transport has no streams".into()))
+    }
 }
 
 /// The real transport.
@@ -127,14 +158,13 @@ fn network_error(e: &reqwest::Error) -> Error {
     }
 }
 
-#[async_trait]
-impl Http for ReqwestHttp {
-    async fn send(&self, req: HttpRequest) -> Result<HttpResponse> {
+impl ReqwestHttp {
+    /// The request, without a deadline (the caller sets one).
+    fn builder(&self, req: HttpRequest) -> reqwest::RequestBuilder {
         let mut builder = match req.method {
             Method::Get => self.client.get(&req.url),
             Method::Post => self.client.post(&req.url),
-        }
-        .timeout(req.timeout);
+        };
         if let Some(token) = &req.bearer {
             builder = builder.bearer_auth(token.expose_secret());
         }
@@ -144,19 +174,48 @@ impl Http for ReqwestHttp {
         if req.method == Method::Post {
             builder = builder.body(req.body);
         }
-        let mut res = builder.send().await.map_err(|e| network_error(&e))?;
+        builder
+    }
+}
+
+fn header(res: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn date_of(res: &reqwest::Response) -> Option<i64> {
+    header(res, reqwest::header::DATE)
+        .and_then(|d| httpdate::parse_http_date(&d).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+}
+
+struct ReqwestChunks(reqwest::Response);
+
+#[async_trait]
+impl Chunks for ReqwestChunks {
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        let chunk = self.0.chunk().await.map_err(|e| network_error(&e))?;
+        Ok(chunk.map(|c| c.to_vec()))
+    }
+}
+
+#[async_trait]
+impl Http for ReqwestHttp {
+    async fn send(&self, req: HttpRequest) -> Result<HttpResponse> {
+        let timeout = req.timeout;
+        let mut res = self
+            .builder(req)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| network_error(&e))?;
         let status = res.status().as_u16();
-        let header = |name| {
-            res.headers()
-                .get(name)
-                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let date = header(reqwest::header::DATE)
-            .and_then(|d| httpdate::parse_http_date(&d).ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64);
-        let retry_after = header(reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        let date = date_of(&res);
+        let retry_after =
+            header(&res, reqwest::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
         let mut body = Vec::new();
         while let Some(chunk) = res.chunk().await.map_err(|e| network_error(&e))? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -169,6 +228,25 @@ impl Http for ReqwestHttp {
             body,
             date,
             retry_after,
+        })
+    }
+
+    fn has_streams(&self) -> bool {
+        true
+    }
+
+    async fn stream(&self, req: HttpRequest) -> Result<HttpStream> {
+        let timeout = req.timeout;
+        let res = tokio::time::timeout(timeout, self.builder(req).send())
+            .await
+            .map_err(|_| Error::Network {
+                detail: "the request timed out".into(),
+            })?
+            .map_err(|e| network_error(&e))?;
+        Ok(HttpStream {
+            status: res.status().as_u16(),
+            date: date_of(&res),
+            body: Box::new(ReqwestChunks(res)),
         })
     }
 }

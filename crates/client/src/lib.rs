@@ -17,6 +17,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod policy;
+pub mod sse;
 pub mod status;
 pub mod store;
 pub mod vault;

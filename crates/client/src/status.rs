@@ -69,6 +69,9 @@ pub struct Status {
     /// Why the session is locked, as a sentence.
     pub locked_reason: Option<String>,
     pub last_error: Option<StatusError>,
+    /// The search index of the notes stored before search existed is being
+    /// built: how far. `None` once it is whole.
+    pub search_index: Option<crate::store::IndexProgress>,
 }
 
 impl Status {
@@ -88,6 +91,7 @@ impl Status {
             offline_until: None,
             locked_reason: None,
             last_error: None,
+            search_index: None,
         }
     }
 }

@@ -19,6 +19,12 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+mod search;
+mod trash;
+
+pub use search::IndexProgress;
+pub use trash::{TRASH_KEEP_SECS, TrashedNote};
+
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE notes (
@@ -56,6 +62,8 @@ CREATE INDEX outbox_sent ON outbox(note_id) WHERE sent = 1;
     r#"
 ALTER TABLE notes ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
 "#,
+    trash::MIGRATION,
+    search::MIGRATION,
 ];
 
 /// A note as the UI sees it.
@@ -275,6 +283,8 @@ impl LocalStore {
             |r| r.get(0),
         )?;
         if rev == 0 && !in_flight {
+            // Deleting the row skips the trash trigger (it knows no time).
+            trash::keep(&tx, &key, now)?;
             tx.execute("DELETE FROM outbox WHERE note_id = ?1", [&key])?;
             tx.execute("DELETE FROM notes WHERE note_id = ?1", [&key])?;
         } else {

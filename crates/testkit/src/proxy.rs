@@ -5,7 +5,9 @@
 //! `Content-Length` or chunked bodies), so faults are chosen per request,
 //! also on pooled keep-alive connections: the test's policy sees each
 //! request's method and path and may answer with a [`Fault`]. Every fault
-//! injected is counted by kind.
+//! injected is counted by kind. A response of `text/event-stream` (the
+//! live-updates stream) is passed through as it comes, until either end
+//! closes or the test cuts it ([`Proxy::cut_streams`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -47,6 +49,7 @@ impl RequestInfo {
             "/v1/auth/token" => "token",
             "/v1/auth/session" => "session",
             "/healthz" => "healthz",
+            "/v1/sync/events" => "events",
             _ => "other",
         }
     }
@@ -163,6 +166,10 @@ struct Shared {
     /// Requests not forwarded because the link was down.
     link_down: AtomicU64,
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Ends every event stream open now.
+    cut: tokio::sync::Notify,
+    /// Event streams cut so far.
+    streams_cut: AtomicU64,
 }
 
 impl Shared {
@@ -191,6 +198,8 @@ impl Proxy {
             requests: AtomicU64::new(0),
             link_down: AtomicU64::new(0),
             tasks: Mutex::default(),
+            cut: tokio::sync::Notify::new(),
+            streams_cut: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = tokio::spawn(async move {
@@ -252,6 +261,17 @@ impl Proxy {
 
     pub fn link_down_requests(&self) -> u64 {
         self.shared.link_down.load(Ordering::SeqCst)
+    }
+
+    /// Resets every event stream open through the proxy now, as a network
+    /// that drops idle connections would.
+    pub fn cut_streams(&self) {
+        self.shared.cut.notify_waiters();
+    }
+
+    /// Event streams cut so far.
+    pub fn streams_cut(&self) -> u64 {
+        self.shared.streams_cut.load(Ordering::SeqCst)
     }
 }
 
@@ -375,13 +395,15 @@ struct Head {
     first: String,
     body: Body,
     close: bool,
+    /// `Content-Type: text/event-stream`: passed through as it comes.
+    event_stream: bool,
 }
 
 fn parse_head(raw: &[u8], request: bool) -> io::Result<Head> {
     let text = std::str::from_utf8(raw).map_err(|_| io::Error::other("head not UTF-8"))?;
     let mut lines = text.split("\r\n");
     let first = lines.next().unwrap_or("").to_string();
-    let (mut length, mut chunked, mut close) = (None, false, false);
+    let (mut length, mut chunked, mut close, mut event_stream) = (None, false, false, false);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -397,6 +419,9 @@ fn parse_head(raw: &[u8], request: bool) -> io::Result<Head> {
             }
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             "connection" => close = value.eq_ignore_ascii_case("close"),
+            "content-type" => {
+                event_stream = value.to_ascii_lowercase().starts_with("text/event-stream")
+            }
             _ => {}
         }
     }
@@ -414,7 +439,12 @@ fn parse_head(raw: &[u8], request: bool) -> io::Result<Head> {
             Body::ToEnd
         }
     };
-    Ok(Head { first, body, close })
+    Ok(Head {
+        first,
+        body,
+        close,
+        event_stream,
+    })
 }
 
 async fn read_body(side: &mut Side, body: &Body) -> io::Result<Vec<u8>> {
@@ -532,6 +562,9 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
                 }
                 continue;
             }
+            if parsed.event_stream && fault.is_none() {
+                return pass_stream(&shared, h, up, client).await;
+            }
             let Ok(b) = read_body(up, &parsed.body).await else {
                 return;
             };
@@ -560,5 +593,36 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
         if req.close || res.close || matches!(res.body, Body::ToEnd) {
             return;
         }
+    }
+}
+
+/// Passes an event stream through as it comes, until either end closes it
+/// or the test cuts it (then the client's connection is reset).
+async fn pass_stream(shared: &Shared, head: Vec<u8>, up: &mut Side, mut client: Side) {
+    let mut first = head;
+    first.append(&mut up.buf);
+    if client.s.write_all(&first).await.is_err() {
+        return;
+    }
+    let copy = async {
+        let mut tmp = [0u8; 16 * 1024];
+        loop {
+            match up.s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if client.s.write_all(&tmp[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let cut = tokio::select! {
+        () = copy => false,
+        () = shared.cut.notified() => true,
+    };
+    if cut {
+        shared.streams_cut.fetch_add(1, Ordering::SeqCst);
+        reset(client);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use latchkey_client::http::{HttpRequest, HttpResponse};
+use latchkey_client::http::{HttpRequest, HttpResponse, HttpStream};
 use latchkey_client::{Error, Http, ReqwestHttp};
 
 use crate::fault::Fault;
@@ -102,6 +102,23 @@ pub fn path_of(url: &str) -> &str {
 
 #[async_trait]
 impl Http for TestHttp {
+    fn has_streams(&self) -> bool {
+        true
+    }
+
+    /// The live-updates stream: counted, and refused while the network is
+    /// `down` or its path unreachable; `plan` and the lost answers are for
+    /// ordinary requests only.
+    async fn stream(&self, req: HttpRequest) -> latchkey_client::Result<HttpStream> {
+        let path = path_of(&req.url).to_string();
+        let unreachable = lock(&self.unreachable).contains(&path);
+        lock(&self.calls).push(path);
+        if self.down.load(Ordering::SeqCst) || unreachable {
+            return Err(network("test network down"));
+        }
+        self.inner.stream(req).await
+    }
+
     async fn send(&self, req: HttpRequest) -> latchkey_client::Result<HttpResponse> {
         if self.down.load(Ordering::SeqCst) {
             return Err(network("test network down"));

@@ -15,7 +15,8 @@ pub struct Config {
     pub offline_grace: Duration,
     /// While online, how often `/healthz` is checked.
     pub heartbeat: Duration,
-    /// While online, how often a full sync runs.
+    /// While online, how often a full sync runs: a backstop, since the
+    /// live-updates stream brings other devices' changes as they happen.
     pub sync_interval: Duration,
     /// A sync runs this long after the last edit (while online).
     pub edit_debounce: Duration,
@@ -35,7 +36,7 @@ impl Config {
             data_dir: data_dir.into(),
             offline_grace: Duration::from_secs(7 * 86_400),
             heartbeat: Duration::from_secs(3),
-            sync_interval: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(300),
             edit_debounce: Duration::from_millis(500),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(15),

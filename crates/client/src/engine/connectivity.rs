@@ -1,8 +1,9 @@
 //! Connectivity and scheduled syncs: the engine's background loop. While
-//! online: `/healthz` every heartbeat, a sync every `sync_interval` and
-//! shortly after edits. While offline: probes with backoff; the first
-//! success runs the reconnect sync. It decides when; the session probes
-//! and the syncer syncs.
+//! online: the live-updates stream open, `/healthz` every heartbeat, a sync
+//! shortly after edits and every `sync_interval` as a backstop. While
+//! offline: probes with backoff; the first success runs the reconnect sync.
+//! It decides when; the session probes, the syncer syncs and the stream
+//! brings news.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::Config;
+use super::live::Live;
 use super::report::{Reporter, Wake};
 use super::revocations::Revocations;
 use super::session::Session;
@@ -23,6 +25,7 @@ use crate::policy;
 pub(crate) struct Connectivity {
     session: Arc<Session>,
     syncer: Arc<Syncer>,
+    live: Arc<Live>,
     revocations: Arc<Revocations>,
     reporter: Arc<Reporter>,
     heartbeat: Duration,
@@ -32,12 +35,14 @@ pub(crate) struct Connectivity {
     backoff_max: Duration,
 }
 
-/// Aborts the background loop when dropped.
-pub(crate) struct LoopGuard(tokio::task::JoinHandle<()>);
+/// Aborts the background loop, and closes the live-updates stream, when
+/// dropped.
+pub(crate) struct LoopGuard(tokio::task::JoinHandle<()>, Arc<Live>);
 
 impl Drop for LoopGuard {
     fn drop(&mut self) {
         self.0.abort();
+        self.1.want(false);
     }
 }
 
@@ -71,12 +76,14 @@ impl Connectivity {
         config: &Config,
         session: Arc<Session>,
         syncer: Arc<Syncer>,
+        live: Arc<Live>,
         revocations: Arc<Revocations>,
         reporter: Arc<Reporter>,
     ) -> Self {
         Self {
             session,
             syncer,
+            live,
             revocations,
             reporter,
             heartbeat: config.heartbeat,
@@ -90,7 +97,10 @@ impl Connectivity {
     /// Starts the loop, woken through `rx`. It holds the connectivity only
     /// while it works, so it ends once every other holder has let go.
     pub(crate) fn start(self: &Arc<Self>, rx: mpsc::UnboundedReceiver<Wake>) -> LoopGuard {
-        LoopGuard(tokio::spawn(run_loop(Arc::downgrade(self), rx)))
+        LoopGuard(
+            tokio::spawn(run_loop(Arc::downgrade(self), rx)),
+            self.live.clone(),
+        )
     }
 
     /// Runs a sync on its own task and keeps the heartbeat going meanwhile, so
@@ -199,6 +209,8 @@ async fn run_loop(weak: Weak<Connectivity>, mut rx: mpsc::UnboundedReceiver<Wake
     loop {
         let Some(link) = weak.upgrade() else { return };
         let (online, work_offline) = link.reporter.link();
+        link.live
+            .want(online && !work_offline && link.session.has_session());
         let wait = link.wait(&mut plan, online, work_offline);
         drop(link);
         let woke = match wait {

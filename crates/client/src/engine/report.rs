@@ -14,7 +14,7 @@ use super::blocking::lock;
 use crate::error::{Error, Result};
 use crate::policy::Verdict;
 use crate::status::{SessionState, Status, StatusError};
-use crate::store::SyncRecord;
+use crate::store::{IndexProgress, SyncRecord};
 
 /// Why the connectivity loop is woken.
 pub(crate) enum Wake {
@@ -54,6 +54,7 @@ struct Link {
     online: bool,
     work_offline: bool,
     last_error: Option<StatusError>,
+    indexing: Option<IndexProgress>,
 }
 
 /// The flags every part reports into, and the status they make.
@@ -137,6 +138,17 @@ impl Reporter {
         lock(&self.link).last_error = error;
     }
 
+    /// The pending count read by an edit: the status shows it even if a
+    /// sync holds the store when it is next composed.
+    pub(crate) fn set_pending(&self, pending: u64) {
+        self.status.send_modify(|st| st.pending = pending);
+    }
+
+    /// How far the search index is built (`None`: whole).
+    pub(crate) fn set_indexing(&self, progress: Option<IndexProgress>) {
+        lock(&self.link).indexing = progress;
+    }
+
     /// A sync changed `n` notes: the next status tells the UI.
     pub(crate) fn notes_changed(&self, n: usize) {
         if n > 0 {
@@ -159,9 +171,14 @@ impl Reporter {
     }
 
     fn compose(&self, view: SessionView) -> Status {
-        let (online, work_offline, last_error) = {
+        let (online, work_offline, last_error, indexing) = {
             let link = lock(&self.link);
-            (link.online, link.work_offline, link.last_error.clone())
+            (
+                link.online,
+                link.work_offline,
+                link.last_error.clone(),
+                link.indexing,
+            )
         };
         let mut st = Status::signed_out();
         st.work_offline = work_offline;
@@ -176,6 +193,7 @@ impl Reporter {
             }
             SessionView::Active(active) => {
                 st.online = online && !work_offline;
+                st.search_index = indexing;
                 self.compose_active(&mut st, active);
             }
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use latchkey_protocol::{
-    Claims, ExposeSecret, KeySet, SecretString, SessionInfo, TokenResponse, UserInfo,
+    Claims, ExposeSecret, KeySet, Reason, SecretString, SessionInfo, TokenResponse, UserInfo,
 };
 
 use super::account::{Account, Renewal, open_store, user_dir};
@@ -401,6 +401,15 @@ impl Session {
             .await?;
         }
         Ok(())
+    }
+
+    /// The live-updates stream said the session is over.
+    pub(crate) async fn ended_by_server(&self, reason: Reason) {
+        let e = match reason {
+            Reason::Expired => Error::SessionExpired,
+            _ => Error::SessionRevoked,
+        };
+        self.end(&e).await;
     }
 
     /// The server ended the session: keep the local data, forget the tokens.

@@ -59,9 +59,19 @@ impl Syncer {
 
     /// Single-flight sync: confirm the session, push the outbox, pull.
     pub(crate) async fn run(&self) -> Result<()> {
+        self.run_steps(true).await
+    }
+
+    /// A sync without the session check, on news from the live-updates
+    /// stream (whose being open is that check): push the outbox, pull.
+    pub(crate) async fn catch_up(&self) -> Result<()> {
+        self.run_steps(false).await
+    }
+
+    async fn run_steps(&self, confirm: bool) -> Result<()> {
         self.reporter.ensure_network()?;
         let _guard = self.running.lock().await;
-        let result = self.steps().await;
+        let result = self.steps(confirm).await;
         if let Ok(store) = self.session.store() {
             let outcome = match &result {
                 Ok(()) => SYNC_OK.to_string(),
@@ -76,9 +86,11 @@ impl Syncer {
         result
     }
 
-    async fn steps(&self) -> Result<()> {
-        self.revocations.retry().await;
-        self.session.confirm().await?;
+    async fn steps(&self, confirm: bool) -> Result<()> {
+        if confirm {
+            self.revocations.retry().await;
+            self.session.confirm().await?;
+        }
         let pass = Pass {
             syncer: self,
             server: self.session.server()?,

@@ -1,0 +1,201 @@
+//! Live updates (PROTOCOL.md v1.1): while online, one open
+//! `GET /v1/sync/events` stream. `changed` past this device's cursor
+//! starts a catch-up (push and pull, no session check: the open stream is
+//! the check), `revoked` ends the session at once (notes and outbox kept,
+//! as for any revocation), and a stream that ends or breaks is opened again
+//! with backoff. The connectivity loop says when a stream is wanted; "Work
+//! offline" and going offline close it.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use latchkey_protocol::sync::{EVENT_CHANGED, EVENT_REVOKED, EVENTS_PING_SECS};
+use latchkey_protocol::{ChangedEvent, RevokedEvent};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::blocking::{blocking, lock};
+use super::session::Session;
+use super::sync::Syncer;
+use crate::api::{self, Timeouts};
+use crate::error::{Error, Result};
+use crate::http::{Http, HttpStream};
+use crate::policy;
+use crate::sse::Parser;
+
+/// A stream silent for this long (three pings missed) is taken as dead.
+const SILENT_FOR: Duration = Duration::from_secs(3 * EVENTS_PING_SECS);
+/// A stream that lasted less than this did not really work: the next one
+/// waits for the backoff.
+const SHORT_LIVED: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The stream, kept open while wanted.
+pub(crate) struct Live {
+    session: Arc<Session>,
+    syncer: Arc<Syncer>,
+    http: Arc<dyn Http>,
+    timeouts: Timeouts,
+    task: Mutex<Option<Tasks>>,
+}
+
+/// The stream's reader and its catch-up puller; both end when dropped.
+struct Tasks {
+    reader: JoinHandle<()>,
+    puller: JoinHandle<()>,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.puller.abort();
+    }
+}
+
+impl Live {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        syncer: Arc<Syncer>,
+        http: Arc<dyn Http>,
+        timeouts: Timeouts,
+    ) -> Self {
+        Self {
+            session,
+            syncer,
+            http,
+            timeouts,
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Opens the stream if `wanted` (and the transport has streams) and
+    /// none is open; closes it if not.
+    pub(crate) fn want(self: &Arc<Self>, wanted: bool) {
+        let wanted = wanted && self.http.has_streams();
+        let mut task = lock(&self.task);
+        let running = task.as_ref().is_some_and(|t| !t.reader.is_finished());
+        if wanted && !running {
+            let pull = Arc::new(Notify::new());
+            *task = Some(Tasks {
+                reader: tokio::spawn(read_loop(Arc::downgrade(self), pull.clone())),
+                puller: tokio::spawn(pull_loop(Arc::downgrade(&self.syncer), pull)),
+            });
+        } else if !wanted {
+            *task = None;
+        }
+    }
+
+    async fn open(&self) -> Result<HttpStream> {
+        let server = self.session.server()?;
+        let (http, t) = (self.http.clone(), self.timeouts);
+        self.session
+            .authed(|token| {
+                let (http, server) = (http.clone(), server.clone());
+                async move { api::events(http.as_ref(), &server, &token, t).await }
+            })
+            .await
+    }
+
+    /// Reads one open stream to its end. `Ok` when the server ended it (at
+    /// the token's expiry) or the session is over; `Err` when it broke.
+    async fn read(&self, mut stream: HttpStream, pull: &Notify) -> Result<()> {
+        let mut parser = Parser::new();
+        loop {
+            let chunk = tokio::time::timeout(SILENT_FOR, stream.body.next())
+                .await
+                .map_err(|_| Error::Network {
+                    detail: "the live-updates stream went silent".into(),
+                })??;
+            let Some(chunk) = chunk else {
+                return Ok(());
+            };
+            let events = parser
+                .feed(&chunk)
+                .map_err(|e| Error::Server(e.to_string()))?;
+            for event in events {
+                match event.name.as_str() {
+                    EVENT_CHANGED => {
+                        let Ok(changed) = serde_json::from_str::<ChangedEvent>(&event.data) else {
+                            continue;
+                        };
+                        if self.behind(changed.cursor).await {
+                            pull.notify_one();
+                        }
+                    }
+                    EVENT_REVOKED => {
+                        let reason = serde_json::from_str::<RevokedEvent>(&event.data)
+                            .map(|r| r.reason)
+                            .unwrap_or(latchkey_protocol::Reason::Revoked);
+                        tracing::info!(reason = reason.as_str(), "the server ended the session");
+                        self.session.ended_by_server(reason).await;
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The server's latest rev is past this device's cursor.
+    async fn behind(&self, cursor: i64) -> bool {
+        let Ok(store) = self.session.store() else {
+            return false;
+        };
+        blocking(move || lock(&store).cursor())
+            .await
+            .is_ok_and(|mine| cursor > mine)
+    }
+}
+
+/// Opens the stream, reads it, opens it again, until aborted or the
+/// session ends.
+async fn read_loop(live: Weak<Live>, pull: Arc<Notify>) {
+    let mut attempt = 0u32;
+    loop {
+        let Some(link) = live.upgrade() else { return };
+        if !link.session.has_session() {
+            return;
+        }
+        let opened = Instant::now();
+        let outcome = match link.open().await {
+            Ok(stream) => {
+                // Whatever happened while no stream was open.
+                pull.notify_one();
+                link.read(stream, &pull).await
+            }
+            // The session ended, or the network is gone (the engine is then
+            // offline and the loop closes this): nothing to retry here.
+            Err(e) if e.ends_session() => return,
+            Err(e) => Err(e),
+        };
+        if !link.session.has_session() {
+            return;
+        }
+        drop(link);
+        if let Err(e) = &outcome {
+            tracing::info!(error = %e, "the live-updates stream broke");
+        }
+        if outcome.is_ok() && opened.elapsed() >= SHORT_LIVED {
+            attempt = 0;
+            continue;
+        }
+        tokio::time::sleep(policy::backoff(attempt, BACKOFF_MIN, BACKOFF_MAX)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Catches up whenever told, one catch-up at a time: news that comes
+/// during one makes exactly one more.
+async fn pull_loop(syncer: Weak<Syncer>, pull: Arc<Notify>) {
+    loop {
+        pull.notified().await;
+        let Some(syncer) = syncer.upgrade() else {
+            return;
+        };
+        if let Err(e) = syncer.catch_up().await {
+            tracing::info!(error = %e, "catching up after a live update failed");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! What the app does with notes beyond editing them: search, the trash,
+//! a note's history on the server, and the upkeep of the local store
+//! (trash expiry, the search index of an older database) after it opens.
+//! Everything but history works offline.
+
+use std::sync::Arc;
+
+use latchkey_protocol::NoteVersion;
+use uuid::Uuid;
+
+use super::Engine;
+use super::blocking::{blocking, lock};
+use super::report::Reporter;
+use super::session::Session;
+use crate::api;
+use crate::error::{Error, Result};
+use crate::store::{Note, TrashedNote};
+
+/// A search lists at most this many notes (most recently edited first).
+pub const SEARCH_LIMIT: usize = 500;
+/// Notes indexed per transaction while an older database's search index is
+/// built: a few milliseconds each, so saves are never held up for long.
+pub const INDEX_BATCH: i64 = 500;
+
+impl Engine {
+    /// Live notes holding every word of `query`, each as a word or the
+    /// start of one, most recently edited first; at most [`SEARCH_LIMIT`].
+    /// An empty query finds nothing (show the whole list instead).
+    pub async fn search_notes(&self, query: String) -> Result<Vec<Note>> {
+        let store = self.session.notes_store()?;
+        blocking(move || lock(&store).search_notes(&query, SEARCH_LIMIT)).await
+    }
+
+    /// The trash, most recently deleted first.
+    pub async fn list_trash(&self) -> Result<Vec<TrashedNote>> {
+        let store = self.session.notes_store()?;
+        blocking(move || lock(&store).list_trash()).await
+    }
+
+    /// Brings a note back from the trash, on every device once synced.
+    pub async fn restore_from_trash(&self, id: Uuid) -> Result<Note> {
+        self.edit(move |store, now| store.restore_from_trash(id, now))
+            .await
+    }
+
+    /// Removes every note from this device's trash; returns how many.
+    pub async fn empty_trash(&self) -> Result<usize> {
+        let store = self.session.notes_store()?;
+        blocking(move || lock(&store).empty_trash()).await
+    }
+
+    /// The earlier versions of a note the server keeps, newest first. Needs
+    /// the server: offline this is [`Error::Offline`] at once. Restoring one
+    /// is an ordinary save of its text on the note's current version.
+    pub async fn note_history(&self, id: Uuid) -> Result<Vec<NoteVersion>> {
+        self.session.notes_store()?;
+        if !self.reporter.online() {
+            return Err(Error::Offline("a note's history"));
+        }
+        let server = self.session.server()?;
+        let (http, t) = (self.http.clone(), self.timeouts);
+        let versions = self
+            .session
+            .authed(|token| {
+                let (http, server) = (http.clone(), server.clone());
+                async move { api::history(http.as_ref(), &server, &token, id, t).await }
+            })
+            .await;
+        match versions {
+            Ok(h) => Ok(h.versions),
+            // A note the server never saw has no history yet.
+            Err(Error::Server(_)) if self.note_is_unsynced(id).await => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn note_is_unsynced(&self, id: Uuid) -> bool {
+        let Ok(store) = self.session.notes_store() else {
+            return false;
+        };
+        blocking(move || lock(&store).get_note(id))
+            .await
+            .is_ok_and(|n| n.rev == 0)
+    }
+}
+
+/// After the store opens: old trash goes, and the search index of notes
+/// stored before search existed is built a batch at a time, its progress in
+/// the status. Runs in the background; a failure is logged, and the next
+/// start tries again.
+pub(crate) fn tidy_store(session: Arc<Session>, reporter: Arc<Reporter>) {
+    tokio::spawn(async move {
+        let Ok(store) = session.store() else { return };
+        let now = session.now();
+        let s = store.clone();
+        if let Err(e) = blocking(move || lock(&s).expire_trash(now)).await {
+            tracing::warn!(error = %e, "emptying old notes from the trash failed");
+        }
+        loop {
+            let s = store.clone();
+            match blocking(move || lock(&s).index_step(INDEX_BATCH)).await {
+                Ok(p) if p.complete() => {
+                    if reporter.status().search_index.is_some() {
+                        reporter.set_indexing(None);
+                        session.publish();
+                    }
+                    return;
+                }
+                Ok(p) => {
+                    reporter.set_indexing(Some(p));
+                    session.publish();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "building the search index failed");
+                    reporter.set_indexing(None);
+                    return;
+                }
+            }
+        }
+    });
+}
