@@ -3,6 +3,7 @@
 //! protocol error bodies for anything the framework would answer itself).
 
 mod authed;
+mod events;
 mod extract;
 mod meta;
 mod sync;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::router())
         .merge(tokens::router())
         .merge(sync::router())
+        .merge(events::router())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)

@@ -264,6 +264,7 @@ async fn a_missing_token_is_401_without_an_error_code() {
         (Method::GET, "/v1/auth/session"),
         (Method::GET, "/v1/sync/pull"),
         (Method::POST, "/v1/sync/push"),
+        (Method::GET, EVENTS_PATH),
     ] {
         let ct = (method == Method::POST).then_some(JSON);
         let body = if method == Method::POST {

@@ -10,6 +10,7 @@ mod app;
 
 mod bearer;
 mod concurrency;
+mod events;
 mod meta;
 mod other_process;
 mod pull;
