@@ -6,6 +6,7 @@ mod authed;
 mod events;
 mod extract;
 mod meta;
+mod notes;
 mod sync;
 mod tokens;
 
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(sync::router())
         .merge(events::router())
+        .merge(notes::router())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)

@@ -11,6 +11,7 @@ mod app;
 mod bearer;
 mod concurrency;
 mod events;
+mod history;
 mod meta;
 mod other_process;
 mod pull;
