@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// least 64].
     #[arg(long, env = "LATCHKEY_HASH_QUEUE", value_name = "N")]
     pub hash_queue: Option<usize>,
+    /// The longest a live-updates stream (`GET /v1/sync/events`) stays
+    /// silent before a `: ping` comment keeps proxies from closing it
+    /// (1s to 15s).
+    #[arg(long, env = "LATCHKEY_EVENTS_PING", default_value = "15s", value_parser = parse_duration)]
+    pub events_ping: Duration,
 }
 
 impl ServeArgs {
@@ -119,6 +124,13 @@ impl ServeArgs {
             ));
         }
         self.trusted_proxies()?;
+        let ping = Duration::from_secs(latchkey_protocol::sync::EVENTS_PING_SECS);
+        if self.events_ping < Duration::from_secs(1) || self.events_ping > ping {
+            return Err(format!(
+                "--events-ping must be between 1s and {}s",
+                ping.as_secs()
+            ));
+        }
         if self.hash_queue == Some(0) {
             return Err("--hash-queue must be at least 1".into());
         }

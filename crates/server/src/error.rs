@@ -129,6 +129,10 @@ pub enum AppError {
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
+    /// A note id the user has no note of (none exists, another user's, or
+    /// not an id at all): answered alike, so nobody learns of another's notes.
+    #[error("no such note")]
+    NoteNotFound,
     /// The route does not take this method.
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
@@ -168,7 +172,7 @@ impl AppError {
             AppError::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::CursorAhead { .. } => StatusCode::CONFLICT,
             AppError::TemporarilyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::NotFound | AppError::NoteNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Internal(_) | AppError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -186,7 +190,7 @@ impl AppError {
             AppError::SlowDown { .. } => ErrorCode::SlowDown,
             AppError::CursorAhead { .. } => ErrorCode::CursorAhead,
             AppError::TemporarilyUnavailable { .. } => ErrorCode::TemporarilyUnavailable,
-            AppError::NotFound => ErrorCode::NotFound,
+            AppError::NotFound | AppError::NoteNotFound => ErrorCode::NotFound,
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             AppError::Internal(_) | AppError::Panicked => ErrorCode::ServerError,
         }

@@ -14,6 +14,7 @@ pub mod evict;
 pub mod fuzzing;
 pub mod http;
 pub mod keys;
+pub mod live;
 pub mod logging;
 pub mod proxy;
 pub mod server;

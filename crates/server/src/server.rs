@@ -27,6 +27,7 @@ pub async fn build_state(args: &ServeArgs, issuer: String) -> Result<AppState> {
         leeway: args.leeway.as_secs(),
         trusted_proxies: args.trusted_proxies().map_err(Error::Invalid)?,
         hash_queue: args.hash_queue,
+        events_ping: args.events_ping,
     };
     AppState::new(settings, store).await
 }
@@ -74,8 +75,11 @@ impl Server {
         })
     }
 
-    /// Stops accepting, lets requests in flight finish, and returns.
+    /// Stops accepting, lets requests in flight finish, and returns. Open
+    /// live-updates streams end at once: a graceful shutdown would wait for
+    /// them forever.
     pub async fn stop(self) -> Result<()> {
+        self.state.live.close();
         let _ = self.shutdown.send(true);
         self.task.await?
     }

@@ -6,15 +6,21 @@
 //! cache drops those that end soonest. That loses nothing: the database
 //! holds every session and its revocation, and a session not in the cache
 //! is read from it again.
+//!
+//! Every revocation this process learns of, from any source (logout here,
+//! refresh-token reuse, the poll of other processes' revocations), passes
+//! through [`Sessions::mark_revoked`], which also ends the session's live
+//! streams ([`crate::live`]).
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use latchkey_protocol::Reason;
 
 use crate::error::AppError;
 use crate::evict::evict_soonest;
+use crate::live::{Live, Watch};
 use crate::store::{self, SessionRecord, Store};
 
 /// The sessions and revocations cached for the check of every request.
@@ -26,32 +32,30 @@ pub struct Sessions {
     last_seq: AtomicI64,
     /// The most entries each map keeps.
     max: usize,
+    /// Told of every revocation, for the live streams.
+    streams: Arc<Live>,
 }
 
 const SESSIONS_MAX: usize = 100_000;
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::with_capacity(SESSIONS_MAX)
-    }
-}
-
 impl Sessions {
-    /// The caches, empty, and the revocations polled from the newest one on.
-    pub async fn new(store: &dyn Store) -> store::Result<Self> {
-        let s = Self::default();
+    /// The caches, empty, and the revocations polled from the newest one on;
+    /// revocations are passed on to `streams`.
+    pub async fn new(store: &dyn Store, streams: Arc<Live>) -> store::Result<Self> {
+        let s = Self::with_capacity(SESSIONS_MAX, streams);
         s.last_seq
             .store(store.last_revocation().await?, Ordering::SeqCst);
         Ok(s)
     }
 
     /// Caches of at most `max` sessions and `max` revocations.
-    pub fn with_capacity(max: usize) -> Self {
+    pub fn with_capacity(max: usize, streams: Arc<Live>) -> Self {
         Self {
             live: RwLock::default(),
             revoked: RwLock::default(),
             last_seq: AtomicI64::new(0),
             max: max.max(1),
+            streams,
         }
     }
 
@@ -130,7 +134,8 @@ impl Sessions {
         self.cache_live(session);
     }
 
-    /// Applies a revocation to every later request.
+    /// Applies a revocation to every later request, and ends the session's
+    /// live streams.
     pub fn mark_revoked(&self, sid: &str, reason: Reason, now: i64) {
         {
             let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
@@ -145,6 +150,27 @@ impl Sessions {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(sid);
+        // After the insert above: see `watch`.
+        self.streams.session_revoked(sid, reason);
+    }
+
+    /// Watches the revocation of `sid`, for a live stream: the value turns
+    /// `Some(reason)` when it is revoked, and already is if it was.
+    pub fn watch(&self, sid: &str) -> Watch<Option<Reason>> {
+        let watch = self.streams.watch_session(sid);
+        // Subscribed first, then looked up: a revocation marked before the
+        // subscription is found here, one marked after it is published to
+        // it (`mark_revoked` records before it publishes).
+        let known = self
+            .revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .map(|(reason, _)| *reason);
+        if let Some(reason) = known {
+            self.streams.session_revoked(sid, reason);
+        }
+        watch
     }
 
     /// Applies revocations made since the last poll, by any process.
@@ -198,7 +224,7 @@ mod tests {
 
     #[test]
     fn the_caches_stay_within_their_bound() {
-        let s = Sessions::with_capacity(100);
+        let s = Sessions::with_capacity(100, Arc::default());
         for i in 0..10_000 {
             s.insert(session(&format!("s{i}"), 1_000 + i));
             s.mark_revoked(&format!("r{i}"), Reason::Revoked, i);
@@ -216,7 +242,7 @@ mod tests {
 
     #[test]
     fn sessions_past_their_end_and_old_revocations_are_pruned() {
-        let s = Sessions::with_capacity(100);
+        let s = Sessions::with_capacity(100, Arc::default());
         s.insert(session("ends", 1_000));
         s.insert(session("stays", 5_000));
         s.mark_revoked("old", Reason::Revoked, 100);

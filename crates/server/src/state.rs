@@ -2,11 +2,13 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::password::Hasher;
 use crate::auth::verified_tokens::VerifiedTokens;
 use crate::error::Result;
 use crate::keys::Keys;
+use crate::live::Live;
 use crate::proxy::TrustedProxies;
 use crate::sessions::Sessions;
 use crate::store::{self, Store};
@@ -23,6 +25,8 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// How many sign-ins may wait for the hasher; None: the default.
     pub hash_queue: Option<usize>,
+    /// The longest a live-updates stream stays silent before a `: ping`.
+    pub events_ping: Duration,
 }
 
 /// What [`AppState`] holds.
@@ -34,6 +38,8 @@ pub struct Inner {
     pub throttle: Throttle,
     pub hasher: Hasher,
     pub verified: VerifiedTokens,
+    /// What the live-updates streams listen on.
+    pub live: Arc<Live>,
 }
 
 /// The state every handler shares; cheap to clone.
@@ -46,7 +52,8 @@ impl AppState {
     pub async fn new(settings: Settings, store: Arc<dyn Store>) -> Result<Self> {
         let now = crate::clock::now();
         let keys = Keys::load(store.as_ref(), now, settings.access_ttl).await?;
-        let sessions = Sessions::new(store.as_ref()).await?;
+        let live = Arc::new(Live::new(store.as_ref()).await?);
+        let sessions = Sessions::new(store.as_ref(), live.clone()).await?;
         let queue = settings.hash_queue;
         let hasher = tokio::task::spawn_blocking(move || Hasher::new(queue)).await??;
         Ok(Self(Arc::new(Inner {
@@ -57,15 +64,17 @@ impl AppState {
             throttle: Throttle::default(),
             hasher,
             verified: VerifiedTokens::default(),
+            live,
         })))
     }
 
-    /// One round of background upkeep: revocations and key rotations made by
-    /// other processes, and pruning of what no longer matters.
+    /// One round of background upkeep: revocations, key rotations and
+    /// pushes made by other processes.
     pub async fn refresh_from_store(&self) -> store::Result<()> {
         let now = crate::clock::now();
         let store = self.store.as_ref();
         self.sessions.poll(store, now).await?;
+        self.live.poll(store).await?;
         if self.keys.stale(store).await? {
             self.keys
                 .reload(store, now, self.settings.access_ttl)

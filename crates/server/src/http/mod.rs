@@ -3,8 +3,10 @@
 //! protocol error bodies for anything the framework would answer itself).
 
 mod authed;
+mod events;
 mod extract;
 mod meta;
+mod notes;
 mod sync;
 mod tokens;
 
@@ -32,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::router())
         .merge(tokens::router())
         .merge(sync::router())
+        .merge(events::router())
+        .merge(notes::router())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)

@@ -24,10 +24,13 @@ async fn push(
     JsonBody(req): JsonBody<PushRequest, MAX_PUSH_BYTES>,
 ) -> AppResult<Json<PushResponse>> {
     req.validate().map_err(AppError::InvalidRequest)?;
+    let user_id = &authed.session.user_id;
     let answer = state
         .store
-        .push(&authed.session.user_id, req.ops, crate::clock::now())
+        .push(user_id, req.ops, crate::clock::now())
         .await?;
+    // Committed: the user's live streams learn of it now, not at the poll.
+    state.live.rev_advanced(user_id, answer.cursor);
     Ok(Json(answer))
 }
 

@@ -5,7 +5,8 @@ mod sqlite;
 
 use async_trait::async_trait;
 use latchkey_protocol::sync::MAX_PUSH_ANSWER_NOTES_BYTES;
-use latchkey_protocol::{Op, OpResult, PullResponse, PushResponse, Reason};
+use latchkey_protocol::{NoteVersion, Op, OpResult, PullResponse, PushResponse, Reason};
+use uuid::Uuid;
 
 use std::path::Path;
 
@@ -177,6 +178,21 @@ pub struct Revocation {
     pub reason: Reason,
 }
 
+/// A user's latest rev moved (by a push through any process); `seq`
+/// numbers these changes in the order they committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevChange {
+    pub seq: i64,
+    pub user_id: String,
+    /// The user's latest rev after that push.
+    pub rev: i64,
+}
+
+/// A history answer holds versions, newest first, until their titles and
+/// bodies pass about this many bytes: 50 versions of a 4 MiB body would be
+/// 200 MiB. The versions left out are older than every one sent.
+pub const HISTORY_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
 /// Within this many seconds of its use, the refresh token spent last may be
 /// presented again as a retry (a lost response), as long as its successor
 /// was never used. The successor is then retired: presented later, it is
@@ -231,13 +247,29 @@ pub trait Store: Send + Sync + 'static {
     /// Changes whenever the key set changes.
     async fn keys_version(&self) -> Result<i64>;
 
-    /// Applies a validated push in order, in one durable transaction.
+    /// Applies a validated push in order, in one durable transaction. Every
+    /// note version an applied op replaces is kept (the last
+    /// [`HISTORY_KEPT_VERSIONS`](latchkey_protocol::sync::HISTORY_KEPT_VERSIONS)
+    /// of each note), and a push that moves the user's rev is numbered for
+    /// [`Store::rev_changes_since`].
     async fn push(&self, user_id: &str, ops: Vec<Op>, now: i64) -> Result<PushResponse>;
     /// The user's changes after `since`, oldest first.
     async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullOutcome>;
     /// Deletes at most `batch` op results recorded before `before`; returns
     /// how many went. A resend of a pruned op id is then a new op.
     async fn prune_ops(&self, before: i64, batch: usize) -> Result<usize>;
+
+    /// The user's latest rev (0 if they have none, or no such user).
+    async fn latest_rev(&self, user_id: &str) -> Result<i64>;
+    /// At most `limit` users whose rev moved after change `seq`, with their
+    /// latest rev, oldest change first.
+    async fn rev_changes_since(&self, seq: i64, limit: usize) -> Result<Vec<RevChange>>;
+    /// The newest rev change's `seq` (0 if none).
+    async fn last_rev_change(&self) -> Result<i64>;
+    /// The earlier versions of one of the user's notes, newest first, the
+    /// current one left out, within [`HISTORY_ANSWER_BYTES`]; None if the
+    /// user has no such note.
+    async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>>;
 }
 
 #[cfg(test)]

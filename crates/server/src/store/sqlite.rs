@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use latchkey_protocol::{
-    Change, Op, OpResult, OpStatus, PullResponse, PushResponse, Reason,
-    sync::{PULL_PAGE_BYTES, conflict_copy_title},
+    Change, NoteVersion, Op, OpResult, OpStatus, PullResponse, PushResponse, Reason,
+    sync::{HISTORY_KEPT_VERSIONS, PULL_PAGE_BYTES, conflict_copy_title},
 };
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
@@ -20,8 +20,9 @@ use rusqlite::{
 use uuid::Uuid;
 
 use super::{
-    KeyRecord, PullOutcome, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, Revocation,
-    ServerNoteBudget, SessionRecord, Store, StoreError, TokenHash, UserRecord,
+    HISTORY_ANSWER_BYTES, KeyRecord, PullOutcome, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome,
+    Result, RevChange, Revocation, ServerNoteBudget, SessionRecord, Store, StoreError, TokenHash,
+    UserRecord,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
@@ -114,6 +115,23 @@ ALTER TABLE op_results RENAME TO ops;
     r#"
 ALTER TABLE refresh_tokens ADD COLUMN retired_at INTEGER;
 CREATE INDEX ops_created ON ops(created_at);
+"#,
+    // v1.1: note history (the versions applied ops replaced), and pushes
+    // numbered so that other instances learn of them for live updates.
+    // A rowid table, not WITHOUT ROWID: a version may carry a 4 MiB body.
+    r#"
+CREATE TABLE note_versions (
+    user_id    TEXT NOT NULL,
+    note_id    TEXT NOT NULL,
+    rev        INTEGER NOT NULL,
+    title      TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    deleted    INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX note_versions_note ON note_versions(user_id, note_id, rev);
+ALTER TABLE users ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX users_change_seq ON users(change_seq);
 "#,
 ];
 
@@ -416,6 +434,35 @@ fn write_note(tx: &Transaction<'_>, user_id: &str, note: &Change) -> Result<()> 
     Ok(())
 }
 
+/// Keeps `replaced`, a version an applied op replaces, in the note's
+/// history, and forgets the note's versions past the last
+/// [`HISTORY_KEPT_VERSIONS`] (a walk of that many index entries).
+fn keep_version(tx: &Transaction<'_>, user_id: &str, replaced: &Change) -> Result<()> {
+    let note_id = replaced.note_id.to_string();
+    tx.prepare_cached(
+        "INSERT INTO note_versions (user_id, note_id, rev, title, body, deleted, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        user_id,
+        note_id,
+        replaced.rev,
+        replaced.title,
+        replaced.body,
+        replaced.deleted,
+        replaced.updated_at,
+    ])?;
+    // The subquery finds the oldest rev to keep; with fewer versions it is
+    // NULL and nothing goes.
+    tx.prepare_cached(
+        "DELETE FROM note_versions WHERE user_id = ?1 AND note_id = ?2 AND rev < \
+         (SELECT rev FROM note_versions WHERE user_id = ?1 AND note_id = ?2 \
+          ORDER BY rev DESC LIMIT 1 OFFSET ?3)",
+    )?
+    .execute(params![user_id, note_id, HISTORY_KEPT_VERSIONS as i64 - 1])?;
+    Ok(())
+}
+
 /// The answer to an op this user pushed before: its first result again,
 /// as a duplicate.
 fn seen_op(tx: &Transaction<'_>, user_id: &str, op_id: &str) -> Result<Option<OpResult>> {
@@ -513,6 +560,9 @@ fn apply_op(
     };
     if op.base_rev() == current_rev {
         if let Some(note) = new_version(op, current.as_ref(), last_rev, now) {
+            if let Some(replaced) = &current {
+                keep_version(tx, user_id, replaced)?;
+            }
             write_note(tx, user_id, &note)?;
             result.rev = note.rev;
         }
@@ -940,11 +990,12 @@ impl Store for SqliteStore {
     async fn push(&self, user_id: &str, ops: Vec<Op>, now: i64) -> Result<PushResponse> {
         let user_id = user_id.to_owned();
         self.write(move |tx| {
-            let mut last_rev: i64 = tx.query_row(
+            let first_rev: i64 = tx.query_row(
                 "SELECT last_rev FROM users WHERE id = ?1",
                 [&user_id],
                 |r| r.get(0),
             )?;
+            let mut last_rev = first_rev;
             let mut results = Vec::with_capacity(ops.len());
             // Applied as each result is made, so that the answer never holds
             // more server notes than it may send.
@@ -961,10 +1012,16 @@ impl Store for SqliteStore {
                 budget.admit(&mut result);
                 results.push(result);
             }
-            tx.execute(
-                "UPDATE users SET last_rev = ?2 WHERE id = ?1",
-                params![user_id, last_rev],
-            )?;
+            if last_rev != first_rev {
+                // Numbered after every other change, by any process: the
+                // write lock serializes them.
+                tx.execute(
+                    "UPDATE users SET last_rev = ?2, \
+                     change_seq = (SELECT coalesce(max(change_seq), 0) + 1 FROM users) \
+                     WHERE id = ?1",
+                    params![user_id, last_rev],
+                )?;
+            }
             Ok(PushResponse {
                 results,
                 cursor: last_rev,
@@ -1027,6 +1084,86 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn latest_rev(&self, user_id: &str) -> Result<i64> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT last_rev FROM users WHERE id = ?1")?
+                    .query_row([user_id], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            )
+        })
+        .await
+    }
+
+    async fn rev_changes_since(&self, seq: i64, limit: usize) -> Result<Vec<RevChange>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT change_seq, id, last_rev FROM users WHERE change_seq > ?1 \
+                 ORDER BY change_seq LIMIT ?2",
+            )?;
+            let rows = stmt
+                .query_map(params![seq, limit as i64], |r| {
+                    Ok(RevChange {
+                        seq: r.get(0)?,
+                        user_id: r.get(1)?,
+                        rev: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn last_rev_change(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT coalesce(max(change_seq), 0) FROM users", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>> {
+        let user_id = user_id.to_owned();
+        let note_id = note_id.to_string();
+        self.read(move |c| {
+            // One snapshot for the note and its versions.
+            let tx = c.unchecked_transaction()?;
+            if !note_exists(&tx, &user_id, &note_id)? {
+                return Ok(None);
+            }
+            let mut stmt = tx.prepare_cached(
+                "SELECT rev, title, body, deleted, updated_at FROM note_versions \
+                 WHERE user_id = ?1 AND note_id = ?2 ORDER BY rev DESC LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![user_id, note_id, HISTORY_KEPT_VERSIONS as i64])?;
+            let mut versions = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next()? {
+                let version = NoteVersion {
+                    rev: r.get(0)?,
+                    title: r.get(1)?,
+                    body: r.get(2)?,
+                    deleted: r.get(3)?,
+                    updated_at: r.get(4)?,
+                };
+                bytes += version.title.len() + version.body.len() + 100;
+                // The newest version always goes (one is at most ~4 MiB).
+                if bytes > HISTORY_ANSWER_BYTES && !versions.is_empty() {
+                    break;
+                }
+                versions.push(version);
+            }
+            Ok(Some(versions))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -1081,6 +1218,120 @@ mod tests {
         }
     }
 
+    /// A database of the version before note history keeps its notes,
+    /// and its notes gain a history from their next edit on.
+    #[tokio::test]
+    async fn a_version_3_database_gains_history_and_numbered_pushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        let note = Uuid::now_v7();
+        store
+            .push(&user.id, vec![upsert(note, 0, "first")], 2)
+            .await
+            .unwrap();
+        drop(store);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DROP TABLE note_versions; DROP INDEX users_change_seq; \
+             ALTER TABLE users DROP COLUMN change_seq; PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.history(&user.id, note).await.unwrap(), Some(vec![]));
+        assert_eq!(store.last_rev_change().await.unwrap(), 0);
+        let answer = store
+            .push(&user.id, vec![upsert(note, 1, "second")], 3)
+            .await
+            .unwrap();
+        assert_eq!(answer.cursor, 2);
+        let history = store.history(&user.id, note).await.unwrap().unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].rev, history[0].title.as_str()), (1, "first"));
+        let changes = store.rev_changes_since(0, 10).await.unwrap();
+        assert_eq!(
+            changes,
+            [RevChange {
+                seq: 1,
+                user_id: user.id.clone(),
+                rev: 2
+            }]
+        );
+        assert_eq!(store.latest_rev(&user.id).await.unwrap(), 2);
+        assert_eq!(store.latest_rev("nobody").await.unwrap(), 0);
+    }
+
+    /// Pushes are numbered in commit order across users, and a push that
+    /// moves no rev (a duplicate) is not a change.
+    #[tokio::test]
+    async fn rev_changes_come_in_commit_order_with_the_latest_rev() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let ann = store.create_user("ann", "hash", 1).await.unwrap();
+        let bob = store.create_user("bob", "hash", 1).await.unwrap();
+        let batch = vec![upsert(Uuid::now_v7(), 0, "a")];
+        store.push(&ann.id, batch.clone(), 2).await.unwrap();
+        store
+            .push(&bob.id, vec![upsert(Uuid::now_v7(), 0, "b")], 2)
+            .await
+            .unwrap();
+        store
+            .push(&ann.id, vec![upsert(Uuid::now_v7(), 0, "c")], 2)
+            .await
+            .unwrap();
+        store.push(&ann.id, batch, 3).await.unwrap();
+        let seen: Vec<(i64, &str, i64)> = store
+            .rev_changes_since(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c.seq,
+                    if c.user_id == ann.id { "ann" } else { "bob" },
+                    c.rev,
+                )
+            })
+            .collect();
+        // Each user once, at their latest change.
+        assert_eq!(seen, [(2, "bob", 1), (3, "ann", 2)]);
+        assert_eq!(store.last_rev_change().await.unwrap(), 3);
+        assert!(store.rev_changes_since(3, 10).await.unwrap().is_empty());
+        assert_eq!(store.rev_changes_since(0, 1).await.unwrap().len(), 1);
+    }
+
+    /// A history answer stops before the version that would take it past
+    /// 8 MiB; the newest always goes.
+    #[tokio::test]
+    async fn a_history_answer_stays_within_8_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        let note = Uuid::now_v7();
+        let big = "x".repeat(3 * 1024 * 1024);
+        for base in 0..4 {
+            let op = Op::Upsert {
+                op_id: Uuid::now_v7(),
+                note_id: note,
+                base_rev: base,
+                title: format!("v{base}"),
+                body: big.clone(),
+                client_time: 1,
+                conflict_of: None,
+            };
+            store.push(&user.id, vec![op], 2).await.unwrap();
+        }
+        let history = store.history(&user.id, note).await.unwrap().unwrap();
+        let revs: Vec<i64> = history.iter().map(|v| v.rev).collect();
+        // Three earlier versions of 3 MiB each: the two newest fit.
+        assert_eq!(revs, [3, 2]);
+        let bytes: usize = history.iter().map(|v| v.body.len()).sum();
+        assert!(bytes <= HISTORY_ANSWER_BYTES);
+    }
+
     /// A database of the first schema, whose `ops` kept each result as the
     /// JSON of the answer, answers a retried push as it did the first time
     /// once migrated.
@@ -1113,7 +1364,8 @@ mod tests {
             "DROP TABLE ops; CREATE TABLE ops (user_id TEXT NOT NULL, op_id TEXT NOT NULL, \
              result TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (user_id, op_id)) \
              WITHOUT ROWID; ALTER TABLE refresh_tokens DROP COLUMN retired_at; \
-             PRAGMA user_version = 1;",
+             DROP TABLE note_versions; DROP INDEX users_change_seq; \
+             ALTER TABLE users DROP COLUMN change_seq; PRAGMA user_version = 1;",
         )
         .unwrap();
         for r in &first.results {

@@ -1,13 +1,14 @@
 //! The harness every handler test uses: an [`App`] (the whole `Router` over
 //! a state on a temporary SQLite database) whose answers are the kit's
-//! [`Resp`], checked on the way; signed-in users, and request builders.
+//! [`Resp`], checked on the way; signed-in users, request builders, and
+//! [`Events`], a live-updates stream read as it comes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode, header};
 use clap::Parser as _;
@@ -31,7 +32,8 @@ pub struct App {
     pub router: Router,
     pub state: AppState,
     pub db: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The database's directory, if this app made it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A signed-in user.
@@ -65,6 +67,17 @@ impl App {
     pub async fn with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.db");
+        let mut app = Self::serve(db, extra).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// Another instance on the database of `db` (which must outlive it).
+    pub async fn on_database(db: &std::path::Path) -> Self {
+        Self::serve(db.to_owned(), &[]).await
+    }
+
+    async fn serve(db: PathBuf, extra: &[&str]) -> Self {
         let mut argv = vec!["latchkey-server", "serve", "--db", db.to_str().unwrap()];
         argv.extend_from_slice(extra);
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
@@ -76,7 +89,7 @@ impl App {
             router: latchkey_server::http::router(state.clone()),
             state,
             db,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -198,6 +211,17 @@ impl App {
         .await
     }
 
+    /// Logout with a refresh token (RFC 7009); must be answered 200.
+    pub async fn logout(&self, refresh_token: &str) {
+        self.form(
+            "/v1/auth/revoke",
+            &format!("token={}", enc(refresh_token)),
+            None,
+        )
+        .await
+        .ok();
+    }
+
     pub async fn session(&self, access: &str) -> Resp {
         self.get("/v1/auth/session", Some(access)).await
     }
@@ -216,6 +240,170 @@ impl App {
     pub async fn other_process(&self) -> latchkey_server::store::SqliteStore {
         latchkey_server::store::open(&self.db).await.unwrap()
     }
+
+    /// Runs the server's background upkeep (the 250 ms poll of what other
+    /// processes did) until the returned sender is dropped or sends true.
+    pub fn upkeep(&self) -> tokio::sync::watch::Sender<bool> {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        latchkey_server::upkeep::spawn(self.state.clone(), rx);
+        stop
+    }
+
+    /// Opens `GET /v1/sync/events` with `token`; it must be answered 200
+    /// with an event stream.
+    pub async fn events(&self, token: &str) -> Events {
+        let mut req = request(Method::GET, EVENTS_PATH, None, Body::empty(), Some(token));
+        req.extensions_mut().insert(ConnectInfo(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            40000,
+        )));
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let ct = res.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert_eq!(ct, "text/event-stream");
+        Events::new(Source::Router(res.into_body()))
+    }
+
+    /// Pushes one upsert of a new note; returns the user's new cursor.
+    pub async fn push_new_note(&self, token: &str) -> i64 {
+        let res = self
+            .push_ok(token, vec![upsert(&uuid(), &uuid(), 0, "t", "b")])
+            .await;
+        res["cursor"].as_i64().unwrap()
+    }
+}
+
+pub use latchkey_protocol::sync::EVENTS_PATH;
+
+/// What a live-updates stream said next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Said {
+    /// `event: <name>` with its `data:` as JSON.
+    Event(String, Value),
+    /// A comment line (`: <text>`).
+    Comment(String),
+    /// The stream ended.
+    End,
+    /// Nothing within the time given.
+    Nothing,
+}
+
+/// Where an [`Events`] reads from: the router in process, or a server over
+/// TCP.
+pub enum Source {
+    Router(Body),
+    Http(reqwest::Response),
+}
+
+impl Source {
+    async fn chunk(&mut self) -> Option<Bytes> {
+        match self {
+            Source::Router(body) => loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Some(data);
+                        }
+                    }
+                    _ => return None,
+                }
+            },
+            Source::Http(res) => res.chunk().await.ok().flatten(),
+        }
+    }
+}
+
+/// A live-updates stream, read as it comes.
+pub struct Events {
+    source: Source,
+    buf: String,
+    ended: bool,
+    /// Everything read so far, as sent.
+    pub wire: String,
+}
+
+impl Events {
+    pub fn new(source: Source) -> Self {
+        Self {
+            source,
+            buf: String::new(),
+            ended: false,
+            wire: String::new(),
+        }
+    }
+
+    /// The next event or comment, waiting at most `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Said {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(at) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..at + 2).collect();
+                return parse_block(&block);
+            }
+            if self.ended {
+                assert!(
+                    self.buf.is_empty(),
+                    "the stream ended mid-event: {:?}",
+                    self.buf
+                );
+                return Said::End;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.source.chunk()).await {
+                Err(_) => return Said::Nothing,
+                Ok(None) => self.ended = true,
+                Ok(Some(bytes)) => {
+                    let text = std::str::from_utf8(&bytes).unwrap();
+                    self.buf.push_str(text);
+                    self.wire.push_str(text);
+                }
+            }
+        }
+    }
+
+    /// The next thing said that is not a ping, within `limit`.
+    pub async fn next_event(&mut self, limit: Duration) -> Said {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Said::Comment(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Asserts that the next event is `changed` with this cursor.
+    pub async fn expect_changed(&mut self, cursor: i64) {
+        let said = self.next_event(Duration::from_secs(10)).await;
+        assert_eq!(
+            said,
+            Said::Event("changed".into(), serde_json::json!({ "cursor": cursor })),
+            "wire so far: {:?}",
+            self.wire
+        );
+    }
+}
+
+/// One event block of the stream (its lines, without the blank line).
+fn parse_block(block: &str) -> Said {
+    let mut name = None;
+    let mut data = None;
+    for line in block.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix(':') {
+            return Said::Comment(comment.trim_start().to_owned());
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            name = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = Some(serde_json::from_str(v).unwrap());
+        } else {
+            panic!("unexpected line {line:?} in {block:?}");
+        }
+    }
+    Said::Event(
+        name.expect("an event name"),
+        data.expect("the event's data"),
+    )
 }
 
 pub fn enc(s: &str) -> String {

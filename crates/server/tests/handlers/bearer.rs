@@ -212,6 +212,8 @@ async fn forged_and_invalid_access_tokens_are_refused_everywhere() {
             app.pull(token, "?since=0").await,
             app.push(token, &ops(vec![upsert(&uuid(), &uuid(), 0, "x", "y")]))
                 .await,
+            app.get(&format!("/v1/notes/{}/history", uuid()), Some(token))
+                .await,
         ] {
             assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{label}: {}", r.body);
             r.unauthorized();
@@ -264,6 +266,11 @@ async fn a_missing_token_is_401_without_an_error_code() {
         (Method::GET, "/v1/auth/session"),
         (Method::GET, "/v1/sync/pull"),
         (Method::POST, "/v1/sync/push"),
+        (Method::GET, EVENTS_PATH),
+        (
+            Method::GET,
+            "/v1/notes/00000000-0000-0000-0000-000000000000/history",
+        ),
     ] {
         let ct = (method == Method::POST).then_some(JSON);
         let body = if method == Method::POST {

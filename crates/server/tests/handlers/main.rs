@@ -10,6 +10,8 @@ mod app;
 
 mod bearer;
 mod concurrency;
+mod events;
+mod history;
 mod meta;
 mod other_process;
 mod pull;
