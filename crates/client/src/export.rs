@@ -59,8 +59,9 @@ pub struct ExportReport {
 ///
 /// Names come from the titles, made safe on Windows, macOS and Linux (see
 /// [`file_stem`]), and unique within the export case-insensitively
-/// (`Plan.md`, `Plan (2).md`, `plan (3).md`). A file already in the folder
-/// is never overwritten: its name is skipped for the next number.
+/// (`Plan.md`, `Plan (2).md`, `plan (3).md`), also against the files
+/// already in the folder, which are never overwritten: their names are
+/// skipped for the next number.
 ///
 /// Errors are [`Error::Export`], a sentence saying what went wrong (the
 /// folder is missing, is not a folder, cannot be written, the disk is
@@ -86,10 +87,10 @@ where
                 folder.display()
             )));
         }
-        Err(e) => return Err(io_error(&e, folder, None, 0, total)),
+        Err(e) => return Err(Error::Export(io_detail(&e, folder, None, 0, total))),
     }
 
-    let mut names = Names::default();
+    let mut names = Names::of_folder(folder);
     let mut content = String::new();
     let mut written = 0;
     let mut cancelled = false;
@@ -102,15 +103,16 @@ where
         let stem = file_stem(&note.title, note.conflict_of.is_some());
         let (path, file) = names.create(folder, &stem, written, total)?;
         render(note, &mut content);
-        if let Err(e) = write_file(file, &content, note.updated_at) {
-            let err = io_error(&e, folder, Some(&path), written, total);
-            return Err(match fs::remove_file(&path) {
-                Ok(()) => err,
-                Err(_) => Error::Export(format!(
-                    "{err}; the incomplete file {} could not be removed",
+        if let Err((e, removed)) = fill(file, &path, &content, note.updated_at) {
+            let mut detail = io_detail(&e, folder, Some(&path), written, total);
+            if !removed {
+                let _ = write!(
+                    detail,
+                    "; the incomplete file {} could not be removed",
                     path.display()
-                )),
-            });
+                );
+            }
+            return Err(Error::Export(detail));
         }
         written += 1;
         progress(written, total);
@@ -121,6 +123,13 @@ where
         total,
         cancelled,
     })
+}
+
+/// Writes `content` into the new file at `path`, or removes the file: a
+/// note is never left half-written. On failure, the write's error and
+/// whether the removal worked.
+fn fill(file: File, path: &Path, content: &str, updated_at: i64) -> Result<(), (io::Error, bool)> {
+    write_file(file, content, updated_at).map_err(|e| (e, fs::remove_file(path).is_ok()))
 }
 
 fn write_file(mut file: File, content: &str, updated_at: i64) -> io::Result<()> {
@@ -135,15 +144,31 @@ fn write_file(mut file: File, content: &str, updated_at: i64) -> io::Result<()> 
     Ok(())
 }
 
-/// The names taken in this export (lowercased), and the next number to try
+/// The names taken in the folder (lowercased), and the next number to try
 /// per stem so that many notes with one title stay linear.
-#[derive(Default)]
 struct Names {
     taken: HashSet<String>,
     next: HashMap<String, u64>,
 }
 
 impl Names {
+    /// Starts with the names already in `folder`, so that a new name
+    /// differs from them case-insensitively too (the folder may be copied
+    /// to a case-insensitive file system). Best effort: `create_new` is
+    /// what guarantees that nothing is overwritten.
+    fn of_folder(folder: &Path) -> Self {
+        let taken = fs::read_dir(folder)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_lowercase())
+            .collect();
+        Self {
+            taken,
+            next: HashMap::new(),
+        }
+    }
+
     /// Creates the first free `stem.md`, `stem (2).md`, ... with
     /// `create_new`, so that an existing file is never opened.
     fn create(
@@ -174,7 +199,10 @@ impl Names {
                     return Ok((path, file));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_error(&e, folder, Some(&path), written, total)),
+                Err(e) => {
+                    let detail = io_detail(&e, folder, Some(&path), written, total);
+                    return Err(Error::Export(detail));
+                }
             }
         }
         Err(Error::Export(format!(
@@ -206,14 +234,14 @@ fn child_path(folder: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-/// The sentence for an I/O error of the export.
-fn io_error(
+/// What went wrong, for [`Error::Export`], from an I/O error of the export.
+fn io_detail(
     e: &io::Error,
     folder: &Path,
     file: Option<&Path>,
     written: usize,
     total: usize,
-) -> Error {
+) -> String {
     use io::ErrorKind as K;
     let folder = folder.display();
     let mut detail = match e.kind() {
@@ -234,7 +262,7 @@ fn io_error(
     if written > 0 {
         let _ = write!(detail, " ({written} of {total} notes were written)");
     }
-    Error::Export(detail)
+    detail
 }
 
 /// The file's text: front matter, `# title` if any, the body as it is.
@@ -592,7 +620,7 @@ mod tests {
         let folder = Path::new("/x/notes");
         let file = folder.join("Plan.md");
         let text = |k: K, file: Option<&Path>, written| {
-            io_error(&io::Error::from(k), folder, file, written, 10).to_string()
+            Error::Export(io_detail(&io::Error::from(k), folder, file, written, 10)).to_string()
         };
         assert_eq!(
             text(K::NotFound, None, 0),
@@ -605,9 +633,17 @@ mod tests {
         assert!(text(K::PermissionDenied, Some(&file), 0).contains("cannot be written"));
         assert!(text(K::ReadOnlyFilesystem, None, 0).contains("cannot be written"));
         assert!(text(K::QuotaExceeded, None, 0).contains("disk is full"));
-        assert_eq!(
-            io_error(&io::Error::from(K::Other), folder, None, 0, 1).code(),
-            "export"
-        );
+    }
+
+    #[test]
+    fn a_failed_write_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Plan.md");
+        fs::write(&path, "").unwrap();
+        // Opened for reading only: the write fails.
+        let file = File::open(&path).unwrap();
+        let (e, removed) = fill(file, &path, "text", 1).unwrap_err();
+        assert!(removed, "{e}");
+        assert!(!path.exists());
     }
 }
