@@ -72,6 +72,11 @@ pub enum Error {
     /// restored from an older backup, and this device resyncs from 0.
     #[error("the server has lost recent changes (restored from a backup?); resyncing")]
     CursorAhead,
+    /// Exporting notes to a folder failed: the folder is missing, not a
+    /// folder, cannot be written, or the disk is full. The detail says which,
+    /// and how many files were written before it.
+    #[error("the notes could not be exported: {0}")]
+    Export(String),
 }
 
 impl Error {
@@ -97,6 +102,7 @@ impl Error {
             Error::InvalidInput(_) => "invalid_input",
             Error::TooLarge => "too_large",
             Error::CursorAhead => "cursor_ahead",
+            Error::Export(_) => "export",
         }
     }
 

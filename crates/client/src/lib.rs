@@ -7,11 +7,13 @@
 //! * [`store`]: local notes and the outbox, in SQLite.
 //! * [`api`] and [`http`]: the protocol calls over an injectable transport.
 //! * [`policy`]: the pure decisions (offline policy, refresh, backoff).
+//! * [`export`]: "Export all notes", one Markdown file per note.
 
 pub mod api;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -25,6 +27,7 @@ pub mod vault;
 pub use clock::{Clock, SystemClock};
 pub use engine::{Config, Engine};
 pub use error::{Error, Result};
+pub use export::{ExportReport, export_notes};
 pub use http::{Http, ReqwestHttp};
 /// Tokens and passwords in memory (see `latchkey_protocol::secret`).
 pub use latchkey_protocol::{ExposeSecret, SecretString};

@@ -75,9 +75,14 @@ impl LocalStore {
         let Some(expression) = match_expression(query) else {
             return Ok(Vec::new());
         };
+        // The newest hits are picked on (rowid, updated_at) alone, and only
+        // they are read whole: sorting every hit with its body costs more
+        // than the search itself when a short prefix matches most notes.
         let mut stmt = self.conn.prepare_cached(&format!(
-            "{NOTE_SELECT} WHERE n.rowid IN (SELECT rowid FROM notes_search WHERE notes_search MATCH ?1) \
-             AND n.deleted = 0 ORDER BY n.updated_at DESC, n.note_id LIMIT ?2"
+            "WITH hits AS (SELECT rowid AS hit FROM notes WHERE rowid IN \
+             (SELECT rowid FROM notes_search WHERE notes_search MATCH ?1) AND deleted = 0 \
+             ORDER BY updated_at DESC, note_id LIMIT ?2) \
+             {NOTE_SELECT} JOIN hits ON n.rowid = hits.hit ORDER BY n.updated_at DESC, n.note_id"
         ))?;
         let notes = stmt
             .query_map(params![expression, limit as i64], note_row)?
