@@ -11,6 +11,13 @@ const COMMANDS: &[&str] = &[
     "delete_note",
     "sync_now",
     "set_work_offline",
+    "search_notes",
+    "list_trash",
+    "restore_from_trash",
+    "empty_trash",
+    "note_history",
+    "export_all",
+    "cancel_export",
 ];
 
 fn main() {

@@ -144,12 +144,21 @@ impl Drop for LogOnFailure {
 
 /// A wrapper that keeps the app's log (WebKitWebDriver swallows it).
 fn app_wrapper(dir: &Path) -> PathBuf {
+    app_wrapper_with(dir, &[])
+}
+
+/// [`app_wrapper`], with `env` set for the app.
+fn app_wrapper_with(dir: &Path, env: &[(&str, &Path)]) -> PathBuf {
     let wrapper = dir.join("latchkey-app.sh");
     let log = dir.join("app.log");
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}='{}'\n", v.display()))
+        .collect();
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\necho $$ > '{}'\nexec '{}' \"$@\" >>'{}' 2>&1\n",
+            "#!/bin/sh\n{exports}echo $$ > '{}'\nexec '{}' \"$@\" >>'{}' 2>&1\n",
             dir.join("app.pid").display(),
             env!("CARGO_BIN_EXE_latchkey-app"),
             log.display()
@@ -944,6 +953,195 @@ fn inner_nothing_lost() {
             "the draft on the server holds all that was typed before the form came up"
         );
         shot(&c, "15-typed-text-synced-after-sign-in").await;
+        quit(c, work.path()).await;
+    });
+}
+
+/// How many elements with this test id are in the page.
+async fn count(c: &Client, id: &str) -> usize {
+    js(
+        c,
+        &format!("return document.querySelectorAll('{}').length;", tid(id)),
+    )
+    .await
+    .as_u64()
+    .unwrap_or(0) as usize
+}
+
+/// The preview line of every note in the list.
+async fn note_previews(c: &Client) -> Vec<String> {
+    let v = js(c, "return [...document.querySelectorAll('[data-testid=\"note-item\"] .meta')].map(e => e.textContent);").await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Issue 12, the notes app people expect, in the real window: another
+/// device's edit appears in the list with no click (live updates), search
+/// narrows the list, history and trash restore, and "Export all notes"
+/// writes a folder.
+#[test]
+fn real_window_library() {
+    in_desktop_session("inner_library", true);
+}
+
+#[test]
+#[ignore = "runs inside Xvfb + its own D-Bus session, started by the test above"]
+fn inner_library() {
+    assert!(std::env::var_os(INNER_ENV).is_some());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = TestServer::start(&[]);
+        server.add_user("lou", PW);
+        let url = server.url();
+        let work = tempfile::tempdir().unwrap();
+        let export_dir = work.path().join("exported");
+        std::fs::create_dir(&export_dir).unwrap();
+        let wrapper = app_wrapper_with(work.path(), &[("LATCHKEY_EXPORT_DIR", &export_dir)]);
+        let _log = LogOnFailure(work.path().join("app.log"));
+        let driver = Driver::start();
+        let c = launch(&driver, &wrapper).await;
+        sign_in(&c, &url, "lou", PW).await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+
+        // 15. another device's edit and new note appear with no click: the
+        // live-updates stream (the backstop pull is 5 minutes away)
+        write_note(&c, None, "Groceries", "apples").await;
+        write_note(&c, None, "Trip", "pack the tent").await;
+        wait_text(&c, "status-pending", "0", 20).await;
+        let phone = OtherDevice::sign_in(&url, "lou", PW).await;
+        let groceries = phone.note("Groceries").await;
+        phone.edit(&groceries, "apples, pears").await;
+        wait_until("the phone's edit in the list", 10, || async {
+            note_previews(&c)
+                .await
+                .iter()
+                .any(|p| p.contains("apples, pears"))
+        })
+        .await;
+        assert_eq!(text(&c, "note-count").await, "2 notes");
+        shot(&c, "15-live-edit-from-another-device").await;
+
+        // 16. search narrows the list as you type; Escape brings it back
+        click(&c, "search-box").await;
+        type_keys(&c, "search-box", "pea").await.unwrap();
+        wait_until("the search to narrow the list", 10, || async {
+            note_titles(&c).await == ["Groceries"]
+        })
+        .await;
+        assert_eq!(text(&c, "note-count").await, "1 note found");
+        shot(&c, "16-search").await;
+        type_keys(
+            &c,
+            "search-box",
+            &char::from(fantoccini::key::Key::Escape).to_string(),
+        )
+        .await
+        .unwrap();
+        wait_until("the whole list after Escape", 10, || async {
+            note_titles(&c).await.len() == 2
+        })
+        .await;
+        assert_eq!(value(&c, "search-box").await, "");
+
+        // 17. history: the earlier version, restored by an ordinary save
+        let items = c.find_all(Locator::Css(&tid("note-item"))).await.unwrap();
+        let titles = note_titles(&c).await;
+        let i = titles.iter().position(|t| t == "Groceries").unwrap();
+        items[i].click().await.unwrap();
+        wait_value(&c, "note-body", "apples, pears", 10).await;
+        click(&c, "note-history").await;
+        wait_until("the history's versions", 15, || async {
+            count(&c, "history-item").await >= 1
+        })
+        .await;
+        let first = js(
+            &c,
+            "return document.querySelector('[data-testid=\"history-item\"]').textContent;",
+        )
+        .await;
+        assert!(first.as_str().unwrap().contains("apples"), "{first}");
+        assert!(!first.as_str().unwrap().contains("pears"), "{first}");
+        assert!(
+            js(
+                &c,
+                "return !!document.querySelector('[data-testid=\"history-item\"] time');"
+            )
+            .await
+                == serde_json::Value::Bool(true),
+            "each version shows its time"
+        );
+        shot(&c, "17-history").await;
+        click(&c, "history-restore").await;
+        wait_value(&c, "note-body", "apples", 10).await;
+        wait_until("the restored text on the server", 30, || async {
+            let notes = server_notes(&url, "lou", PW).await;
+            notes.iter().any(|n| n.0 == "Groceries" && n.1 == "apples")
+        })
+        .await;
+
+        // 18. delete, then restore from the trash: back on the server too
+        click(&c, "note-delete").await;
+        wait_until("the note gone from the list", 10, || async {
+            note_titles(&c).await == ["Trip"]
+        })
+        .await;
+        click(&c, "trash-open").await;
+        wait_until("the note in the trash", 10, || async {
+            count(&c, "trash-item").await == 1
+        })
+        .await;
+        assert!(text(&c, "trash-item").await.contains("Groceries"));
+        shot(&c, "18-trash").await;
+        click(&c, "trash-restore").await;
+        wait_until("the note back in the list", 10, || async {
+            note_titles(&c).await.len() == 2
+        })
+        .await;
+        wait_until("the restored note live on the server", 30, || async {
+            let notes = server_notes(&url, "lou", PW).await;
+            notes.iter().filter(|n| !n.2).count() == 2
+                && notes
+                    .iter()
+                    .any(|n| n.0 == "Groceries" && n.1 == "apples" && !n.2)
+        })
+        .await;
+
+        // 19. history needs the server: offline, the view says so
+        click(&c, "work-offline").await;
+        wait_text(&c, "status-connectivity", "working offline", 10).await;
+        click(&c, "note-history").await;
+        wait_until("the history to say it needs the server", 10, || async {
+            js(
+                &c,
+                "return document.getElementById('history-message').textContent;",
+            )
+            .await
+            .as_str()
+            .is_some_and(|m| m.contains("needs the server"))
+        })
+        .await;
+        assert_eq!(count(&c, "history-item").await, 0);
+        shot(&c, "19-history-offline").await;
+
+        // 20. "Export all notes" writes one Markdown file per note, offline
+        click(&c, "export-all").await;
+        wait_contains(&c, "export-progress", "Exported 2 notes", 30).await;
+        shot(&c, "20-exported").await;
+        let mut names: Vec<String> = std::fs::read_dir(&export_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["Groceries.md", "Trip.md"]);
+        let groceries = std::fs::read_to_string(export_dir.join("Groceries.md")).unwrap();
+        assert!(groceries.starts_with("---\nid: "), "{groceries}");
+        assert!(
+            groceries.ends_with("---\n\n# Groceries\n\napples"),
+            "{groceries}"
+        );
         quit(c, work.path()).await;
     });
 }

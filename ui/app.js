@@ -1,7 +1,11 @@
-import { api, onStatus, onClose, sentence } from "./ipc.js";
+import { api, onEvent, onStatus, onClose, sentence } from "./ipc.js";
 
 const $ = (id) => document.getElementById(id);
 const SAVE_DELAY_MS = 400;
+/** Results as you type: a search runs this long after the last key. */
+const SEARCH_DELAY_MS = 80;
+/** The engine lists at most this many search results (SEARCH_LIMIT). */
+const SEARCH_LIMIT = 500;
 
 let status = null;
 let notes = [];
@@ -16,6 +20,11 @@ const saving = new Set();
 /** Drafts no longer shown whose save failed: tried again with the next save. */
 const unsaved = new Set();
 let listKey = "";
+/** What the search box holds: while not blank, the list shows its hits. */
+let searchQuery = "";
+let searchTimer = null;
+/** "notes" (list and editor) or "trash". */
+let view = "notes";
 /** A sentence for the banner from the app itself (a failed action, a
  *  conflict copy): shown for a while, whatever status updates come. */
 let notice = null;
@@ -65,6 +74,9 @@ function renderSignin(st, prev) {
     notes = [];
     listKey = "";
     $("note-list").replaceChildren();
+    $("search-box").value = "";
+    searchQuery = "";
+    showNotes();
   }
   showScreen("signin");
   const ctx = $("login-context");
@@ -99,6 +111,11 @@ function renderStatusBar(st) {
   $("status-user").textContent = st.user ? st.user.username : "";
   $("status-until").textContent = st.offline_until ? `· works offline until ${formatDate(st.offline_until)}` : "";
   $("work-offline").checked = st.work_offline;
+  const index = st.search_index;
+  $("search-index").hidden = !index;
+  $("search-index").textContent = index
+    ? `· preparing search ${Math.floor((100 * index.done) / Math.max(index.total, 1))}%`
+    : "";
 }
 
 function formatTime(secs) {
@@ -147,12 +164,17 @@ async function onSignin(ev) {
 // ---- notes ---------------------------------------------------------------
 
 async function refreshList() {
+  const query = searchQuery.trim();
+  let found;
   try {
-    notes = await api.listNotes();
+    found = query ? await api.searchNotes(query) : await api.listNotes();
   } catch (err) {
     if (err && err.code !== "locked") console.warn("list failed", err);
     return;
   }
+  // A later keystroke's search is on its way: this one is stale.
+  if (query !== searchQuery.trim()) return;
+  notes = found;
   const list = $("note-list");
   list.replaceChildren(
     ...notes.map((n) => {
@@ -188,7 +210,276 @@ async function refreshList() {
     }),
   );
   $("empty-list").hidden = notes.length > 0;
+  $("empty-list").textContent = query ? "No note matches." : "No notes yet.";
+  $("note-count").textContent = countText(notes.length, query);
   reloadOpenNote();
+}
+
+function countText(n, query) {
+  const notesWord = (k) => (k === 1 ? "1 note" : `${k} notes`);
+  if (!query) return notesWord(n);
+  return n >= SEARCH_LIMIT ? `the ${SEARCH_LIMIT} newest matches` : `${notesWord(n)} found`;
+}
+
+// ---- search --------------------------------------------------------------
+
+function onSearchInput() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    searchQuery = $("search-box").value;
+    refreshList();
+  }, SEARCH_DELAY_MS);
+}
+
+/** Escape: the whole list again, and the keyboard back in the list. */
+function leaveSearch() {
+  clearTimeout(searchTimer);
+  const was = searchQuery.trim() !== "" || $("search-box").value !== "";
+  $("search-box").value = "";
+  searchQuery = "";
+  if (was) refreshList();
+  const first = $("note-list").querySelector("li.active") || $("note-list").firstElementChild;
+  if (first) first.focus();
+  else $("search-box").blur();
+}
+
+function onKey(e) {
+  if ($("app").hidden || $("workspace").hidden) return;
+  const mod = (e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey;
+  const key = e.key.toLowerCase();
+  if (mod && key === "n") {
+    e.preventDefault();
+    showNotes();
+    newNote();
+  } else if (mod && key === "f") {
+    e.preventDefault();
+    showNotes();
+    $("search-box").focus();
+    $("search-box").select();
+  } else if (e.key === "Escape") {
+    if (!$("history-view").hidden) {
+      closeHistory();
+    } else if (view === "trash") {
+      showNotes();
+    } else if (document.activeElement === $("search-box") || searchQuery) {
+      e.preventDefault();
+      leaveSearch();
+    }
+  }
+}
+
+// ---- trash ---------------------------------------------------------------
+
+async function openTrash() {
+  await flush();
+  closeHistory();
+  view = "trash";
+  $("editor-empty").hidden = true;
+  $("editor-body").hidden = true;
+  $("trash-view").hidden = false;
+  disarmEmptyTrash();
+  await refreshTrash();
+  $("trash-close").focus();
+}
+
+/** Back from the trash to the list and the editor. */
+function showNotes() {
+  if (view !== "trash") return;
+  view = "notes";
+  $("trash-view").hidden = true;
+  if (draft) showDraft();
+  else $("editor-empty").hidden = false;
+}
+
+async function refreshTrash() {
+  let trashed;
+  try {
+    trashed = await api.listTrash();
+  } catch (err) {
+    showBanner(sentence(err));
+    return;
+  }
+  $("trash-list").replaceChildren(
+    ...trashed.map((t) => {
+      const li = document.createElement("li");
+      li.setAttribute("data-testid", "trash-item");
+      li.dataset.id = t.id;
+      const title = document.createElement("div");
+      title.className = "title";
+      title.textContent = t.title || "Untitled";
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      meta.textContent = `Deleted ${formatDate(t.deleted_at)} · ${t.preview || ""}`;
+      const restore = document.createElement("button");
+      restore.setAttribute("data-testid", "trash-restore");
+      restore.className = "ghost";
+      restore.textContent = "Restore";
+      restore.title = "Bring this note back, on every device";
+      restore.addEventListener("click", () => restoreFromTrash(t.id, restore));
+      const text = document.createElement("div");
+      text.className = "grow";
+      text.append(title, meta);
+      li.append(text, restore);
+      return li;
+    }),
+  );
+  $("trash-nothing").hidden = trashed.length > 0;
+  $("trash-empty").disabled = trashed.length === 0;
+  $("trash-empty").dataset.count = String(trashed.length);
+}
+
+async function restoreFromTrash(id, button) {
+  button.disabled = true;
+  try {
+    const note = await api.restoreFromTrash(id);
+    showNotes();
+    await refreshList();
+    await openNote(note.id);
+    showBanner(`"${note.title || "Untitled"}" is back from the trash.`);
+  } catch (err) {
+    button.disabled = false;
+    showBanner(sentence(err));
+  }
+}
+
+let emptyArmed = null;
+
+/** Emptying the trash cannot be undone: the first click asks, the second
+ *  (within a few seconds) empties it. */
+async function onEmptyTrash() {
+  const b = $("trash-empty");
+  if (!emptyArmed) {
+    const n = Number(b.dataset.count || 0);
+    b.textContent = `Remove ${n === 1 ? "1 note" : `${n} notes`} for good? Click again`;
+    b.classList.add("armed");
+    emptyArmed = setTimeout(disarmEmptyTrash, 5000);
+    return;
+  }
+  disarmEmptyTrash();
+  try {
+    await api.emptyTrash();
+  } catch (err) {
+    showBanner(sentence(err));
+  }
+  await refreshTrash();
+}
+
+function disarmEmptyTrash() {
+  clearTimeout(emptyArmed);
+  emptyArmed = null;
+  $("trash-empty").textContent = "Empty trash";
+  $("trash-empty").classList.remove("armed");
+}
+
+// ---- history -------------------------------------------------------------
+
+async function openHistory() {
+  if (!draft) return;
+  await flush();
+  const d = draft;
+  $("history-view").hidden = false;
+  $("history-list").replaceChildren();
+  const message = (text) => {
+    $("history-message").textContent = text;
+    $("history-message").hidden = !text;
+  };
+  if (!d.id) return message("No earlier versions yet: this note is new.");
+  if (!status || !status.online) {
+    return message("History needs the server, and Latchkey is offline now. Your notes and everything else keep working.");
+  }
+  message("Loading…");
+  let versions;
+  try {
+    versions = await api.noteHistory(d.id);
+  } catch (err) {
+    return message(sentence(err));
+  }
+  if (draft !== d || $("history-view").hidden) return;
+  message(versions.length ? "" : "No earlier versions yet.");
+  $("history-list").replaceChildren(
+    ...versions.map((v) => {
+      const li = document.createElement("li");
+      li.setAttribute("data-testid", "history-item");
+      li.dataset.rev = String(v.rev);
+      const when = document.createElement("time");
+      when.className = "when";
+      when.dateTime = new Date(v.updated_at * 1000).toISOString();
+      when.textContent = formatDate(v.updated_at);
+      const title = document.createElement("div");
+      title.className = "title";
+      title.textContent = v.deleted ? "Deleted" : v.title || "Untitled";
+      const preview = document.createElement("div");
+      preview.className = "meta";
+      preview.textContent = v.deleted ? "The note was deleted here." : v.body.slice(0, 240);
+      li.append(when, title, preview);
+      if (!v.deleted) {
+        const restore = document.createElement("button");
+        restore.setAttribute("data-testid", "history-restore");
+        restore.className = "ghost small";
+        restore.textContent = "Restore this version";
+        restore.addEventListener("click", () => restoreVersion(d, v));
+        li.append(restore);
+      }
+      return li;
+    }),
+  );
+}
+
+function closeHistory() {
+  $("history-view").hidden = true;
+}
+
+/** An ordinary save of the old text on the note's current version: the
+ *  text it replaces goes into the history in turn, so nothing is lost. */
+async function restoreVersion(d, v) {
+  if (draft !== d) return;
+  d.title = v.title;
+  d.body = v.body;
+  d.dirty = true;
+  $("note-title").value = v.title;
+  $("note-body").value = v.body;
+  closeHistory();
+  await flush();
+  showBanner(`Restored the version of ${formatDate(v.updated_at)}. The text it replaced is in the history.`);
+}
+
+// ---- export --------------------------------------------------------------
+
+async function exportAll() {
+  const button = $("export-all");
+  button.disabled = true;
+  const show = (text, fraction, running) => {
+    $("export-progress").hidden = false;
+    $("export-text").textContent = text;
+    $("export-bar").value = fraction;
+    $("export-cancel").textContent = running ? "Cancel" : "Dismiss";
+  };
+  const stop = await onEvent("export-progress", (p) => {
+    show(`Exporting ${p.done} of ${p.total} notes…`, p.total ? p.done / p.total : 1, true);
+  });
+  try {
+    const report = await api.exportAll();
+    if (report) {
+      const notesWord = report.total === 1 ? "1 note" : `${report.total} notes`;
+      show(
+        report.cancelled
+          ? `Export cancelled: ${report.written} of ${notesWord} written to ${report.folder}.`
+          : `Exported ${notesWord} to ${report.folder}.`,
+        report.total ? report.written / report.total : 1,
+        false,
+      );
+    }
+  } catch (err) {
+    show(sentence(err), 0, false);
+  } finally {
+    stop();
+    button.disabled = false;
+  }
+}
+
+function onExportCancel() {
+  if ($("export-cancel").textContent === "Cancel") api.cancelExport();
+  else $("export-progress").hidden = true;
 }
 
 /** Shows the open note's new text at once when a sync changed it and the
@@ -214,11 +505,14 @@ async function reloadOpenNote() {
 
 function closeEditor() {
   draft = null;
+  closeHistory();
   $("editor-body").hidden = true;
   $("editor-empty").hidden = false;
 }
 
 function showDraft() {
+  view = "notes";
+  $("trash-view").hidden = true;
   $("editor-empty").hidden = true;
   $("editor-body").hidden = false;
   $("note-title").value = draft.title;
@@ -229,6 +523,7 @@ function showDraft() {
 }
 
 async function openNote(id) {
+  closeHistory();
   const chain = flush();
   notice = null; // about the note left behind
   renderBanner();
@@ -391,6 +686,15 @@ async function start() {
   $("sync-now").addEventListener("click", syncNow);
   $("work-offline").addEventListener("change", toggleOffline);
   $("signout").addEventListener("click", signOut);
+  $("search-box").addEventListener("input", onSearchInput);
+  $("trash-open").addEventListener("click", openTrash);
+  $("trash-close").addEventListener("click", showNotes);
+  $("trash-empty").addEventListener("click", onEmptyTrash);
+  $("note-history").addEventListener("click", openHistory);
+  $("history-close").addEventListener("click", closeHistory);
+  $("export-all").addEventListener("click", exportAll);
+  $("export-cancel").addEventListener("click", onExportCancel);
+  document.addEventListener("keydown", onKey);
   document.addEventListener("visibilitychange", () => { if (document.hidden) flush(); });
   window.addEventListener("pagehide", () => { flush(); });
   onClose(() => flush());

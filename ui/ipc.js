@@ -22,6 +22,8 @@ const SENTENCES = {
   invalid_input: "That input is not valid.",
   too_large: "The server refused a note as too large; it stays on this computer.",
   cursor_ahead: "The server has lost recent changes; Latchkey is sending them again.",
+  offline: "That needs the server, and Latchkey is offline now. Everything else keeps working.",
+  export: "The notes could not be exported.",
 };
 
 /** A sentence for an error from Rust ({code, message}). */
@@ -29,7 +31,7 @@ export function sentence(err) {
   if (!err) return "";
   if (typeof err === "string") return err;
   // Some messages carry the detail a user needs (which limit, which reason).
-  if (["storage", "invalid_input", "locked", "keychain_unavailable", "server_error", "throttled"].includes(err.code) && err.message) {
+  if (["storage", "invalid_input", "locked", "keychain_unavailable", "server_error", "throttled", "offline", "export"].includes(err.code) && err.message) {
     return err.message.charAt(0).toUpperCase() + err.message.slice(1) + ".";
   }
   return SENTENCES[err.code] || err.message || "Something went wrong.";
@@ -40,7 +42,12 @@ export function call(cmd, args = {}) {
 }
 
 export function onStatus(handler) {
-  return tauri.event.listen("status", (e) => handler(e.payload));
+  return onEvent("status", handler);
+}
+
+/** Listens to an event from Rust; resolves to the function that stops it. */
+export function onEvent(name, handler) {
+  return tauri.event.listen(name, (e) => handler(e.payload));
 }
 
 /** Runs `handler` before the window closes (it is awaited). */
@@ -61,4 +68,11 @@ export const api = {
   deleteNote: (id) => call("delete_note", { id }),
   syncNow: () => call("sync_now"),
   setWorkOffline: (on) => call("set_work_offline", { on }),
+  searchNotes: (query) => call("search_notes", { query }),
+  listTrash: () => call("list_trash"),
+  restoreFromTrash: (id) => call("restore_from_trash", { id }),
+  emptyTrash: () => call("empty_trash"),
+  noteHistory: (id) => call("note_history", { id }),
+  exportAll: () => call("export_all"),
+  cancelExport: () => call("cancel_export"),
 };

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::state::{AppState, Settings, read_settings, save_setting};
 
+pub mod library;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,25 @@ pub struct NoteSummary {
     pub pending: bool,
     /// Lets the editor see that the note it shows changed (a pull).
     pub version: i64,
+}
+
+impl From<Note> for NoteSummary {
+    fn from(n: Note) -> Self {
+        Self {
+            id: n.id,
+            preview: preview(&n.body),
+            title: n.title,
+            updated_at: n.updated_at,
+            conflict_of: n.conflict_of,
+            pending: n.pending,
+            version: n.version,
+        }
+    }
+}
+
+/// The start of a note's text, for a list.
+fn preview(body: &str) -> String {
+    body.chars().take(120).collect()
 }
 
 fn parse_id(id: &str) -> Result<Uuid> {
@@ -75,18 +95,7 @@ pub async fn list_notes(state: State<'_, AppState>) -> Result<Vec<NoteSummary>> 
         let ms = crate::START.get().map_or(0, |t| t.elapsed().as_millis());
         tracing::info!(ms_since_start = ms, notes = notes.len(), "first notes list");
     });
-    Ok(notes
-        .into_iter()
-        .map(|n| NoteSummary {
-            id: n.id,
-            preview: n.body.chars().take(120).collect(),
-            title: n.title,
-            updated_at: n.updated_at,
-            conflict_of: n.conflict_of,
-            pending: n.pending,
-            version: n.version,
-        })
-        .collect())
+    Ok(notes.into_iter().map(NoteSummary::from).collect())
 }
 
 #[tauri::command]

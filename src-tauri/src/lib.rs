@@ -90,11 +90,13 @@ pub fn build<R: Runtime>(builder: Builder<R>) -> Builder<R> {
 }
 
 /// The commands the UI calls and what they need besides the engine (the
-/// settings store). [`build`] adds the rest of the app; the commands'
-/// tests add an engine of their own with [`manage_engine`].
+/// settings store, the export's folder picker, opened from Rust only).
+/// [`build`] adds the rest of the app; the commands' tests add an engine of
+/// their own with [`manage_engine`].
 fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
     builder
         .plugin(tauri_plugin_store::Builder::default().build())
+        .plugin(tauri_plugin_dialog::init())
         .invoke_handler(tauri::generate_handler![
             commands::status,
             commands::settings,
@@ -106,6 +108,13 @@ fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::delete_note,
             commands::sync_now,
             commands::set_work_offline,
+            commands::library::search_notes,
+            commands::library::list_trash,
+            commands::library::restore_from_trash,
+            commands::library::empty_trash,
+            commands::library::note_history,
+            commands::library::export_all,
+            commands::library::cancel_export,
         ])
 }
 
@@ -123,7 +132,7 @@ fn manage_engine<R: Runtime>(
     let engine =
         tauri::async_runtime::block_on(Engine::start(config, vault, http, Arc::new(SystemClock)))?;
     let mut rx = engine.subscribe();
-    app.manage(AppState { engine });
+    app.manage(AppState::new(engine));
     let handle = app.clone();
     tauri::async_runtime::spawn(async move {
         loop {

@@ -1,6 +1,9 @@
 //! Managed state and the non-secret settings (tauri-plugin-store), saved
 //! the moment they change: the app may be killed at any time.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
 use latchkey_client::Engine;
 use serde::Serialize;
 use tauri::{AppHandle, Runtime};
@@ -10,9 +13,28 @@ use tauri_plugin_store::StoreExt as _;
 pub const SETTINGS: &str = "settings.json";
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8787";
 
-/// The engine, handed to Tauri as managed state.
+/// The engine, handed to Tauri as managed state, and the export running.
 pub struct AppState {
     pub engine: Engine,
+    /// An export is running (one at a time).
+    pub exporting: AtomicBool,
+    /// The running export's cancel flag.
+    pub export_cancel: Mutex<Option<Arc<AtomicBool>>>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            exporting: AtomicBool::new(false),
+            export_cancel: Mutex::new(None),
+        }
+    }
+}
+
+/// Locks `m`, also after a panic elsewhere (the flag inside stays usable).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the UI may know of the settings.

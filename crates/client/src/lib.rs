@@ -29,6 +29,8 @@ pub use engine::{Config, Engine};
 pub use error::{Error, Result};
 pub use export::{ExportReport, export_notes};
 pub use http::{Http, ReqwestHttp};
+/// A note's earlier version, as [`Engine::note_history`] lists it.
+pub use latchkey_protocol::NoteVersion;
 /// Tokens and passwords in memory (see `latchkey_protocol::secret`).
 pub use latchkey_protocol::{ExposeSecret, SecretString};
 pub use status::{SessionState, Status, StatusError};

@@ -194,3 +194,60 @@ fn work_offline_shows_in_the_status_and_outlasts_a_restart() {
     assert_eq!(status["state"], "offline", "{status}");
     assert_eq!(status["user"]["username"], "ann");
 }
+
+#[test]
+fn search_narrows_the_list_and_a_deleted_note_comes_back_from_the_trash() {
+    let s = signed_in();
+    let save = |title: &str, body: &str| {
+        s.app.ok(
+            "save_note",
+            json!({"id": null, "version": null, "title": title, "body": body}),
+        )
+    };
+    let groceries = save("Groceries", &"apples and pears, ".repeat(20));
+    save("Trip", "pack the tent");
+    let found = s.app.ok("search_notes", json!({"query": "pea"}));
+    let found = found.as_array().expect("a list");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["title"], "Groceries");
+    assert_eq!(
+        found[0]["preview"].as_str().map(|p| p.chars().count()),
+        Some(120)
+    );
+
+    s.app.ok("delete_note", json!({"id": groceries["id"]}));
+    assert_eq!(s.app.ok("search_notes", json!({"query": "pea"})), json!([]));
+    let trash = s.app.ok("list_trash", json!({}));
+    assert_eq!(trash[0]["title"], "Groceries", "{trash}");
+    assert!(trash[0]["deleted_at"].as_i64().is_some());
+    let back = s
+        .app
+        .ok("restore_from_trash", json!({"id": groceries["id"]}));
+    assert_eq!(back["id"], groceries["id"]);
+    assert_eq!(s.app.ok("list_trash", json!({})), json!([]));
+    assert_eq!(
+        s.app.ok("list_notes", json!({})).as_array().map(Vec::len),
+        Some(2)
+    );
+    let e = s
+        .app
+        .err("restore_from_trash", json!({"id": groceries["id"]}));
+    assert_eq!(e["code"], "note_not_found", "{e}");
+}
+
+#[test]
+fn history_offline_says_it_needs_the_server() {
+    let s = signed_in();
+    let note = s.app.ok(
+        "save_note",
+        json!({"id": null, "version": null, "title": "Plan", "body": "one"}),
+    );
+    s.app.ok("set_work_offline", json!({"on": true}));
+    let e = s.app.err("note_history", json!({"id": note["id"]}));
+    assert_eq!(e["code"], "offline", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("needs the server"))
+    );
+}

@@ -1,9 +1,11 @@
 //! What the app does with notes beyond editing them: search, the trash,
-//! a note's history on the server, and the upkeep of the local store
-//! (trash expiry, the search index of an older database) after it opens.
-//! Everything but history works offline.
+//! a note's history on the server, export, and the upkeep of the local
+//! store (trash expiry, the search index of an older database) after it
+//! opens. Everything but history works offline.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use latchkey_protocol::NoteVersion;
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use super::report::Reporter;
 use super::session::Session;
 use crate::api;
 use crate::error::{Error, Result};
+use crate::export::{ExportReport, export_notes};
 use crate::store::{Note, TrashedNote};
 
 /// A search lists at most this many notes (most recently edited first).
@@ -72,6 +75,24 @@ impl Engine {
             Err(Error::Server(_)) if self.note_is_unsynced(id).await => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+
+    /// "Export all notes": one Markdown file per live note (conflict copies
+    /// included) into `folder`, on the blocking pool; `progress(done,
+    /// total)` after each file, `cancel` checked between files (see
+    /// [`export_notes`]). Works offline.
+    pub async fn export_all(
+        &self,
+        folder: PathBuf,
+        progress: impl FnMut(usize, usize) + Send + 'static,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<ExportReport> {
+        let store = self.session.notes_store()?;
+        blocking(move || {
+            let notes = lock(&store).list_notes()?;
+            export_notes(&notes, &folder, progress, &cancel)
+        })
+        .await
     }
 
     async fn note_is_unsynced(&self, id: Uuid) -> bool {
