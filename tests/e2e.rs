@@ -1024,8 +1024,21 @@ fn inner_library() {
         assert_eq!(text(&c, "note-count").await, "2 notes");
         shot(&c, "15-live-edit-from-another-device").await;
 
-        // 16. search narrows the list as you type; Escape brings it back
-        click(&c, "search-box").await;
+        // 16. Ctrl+F from the editor goes to the search box; search narrows
+        // the list as you type; Escape brings the whole list back
+        let ctrl = char::from(fantoccini::key::Key::Control);
+        type_keys(&c, "note-body", &format!("{ctrl}f"))
+            .await
+            .unwrap();
+        wait_until("Ctrl+F to focus the search box", 5, || async {
+            js(
+                &c,
+                "return document.activeElement && document.activeElement.id;",
+            )
+            .await
+                == serde_json::json!("search-box")
+        })
+        .await;
         type_keys(&c, "search-box", "pea").await.unwrap();
         wait_until("the search to narrow the list", 10, || async {
             note_titles(&c).await == ["Groceries"]
@@ -1142,6 +1155,22 @@ fn inner_library() {
             groceries.ends_with("---\n\n# Groceries\n\napples"),
             "{groceries}"
         );
+
+        // 21. Ctrl+N: a new, empty note with the keyboard in its title
+        type_keys(&c, "note-body", &format!("{ctrl}n"))
+            .await
+            .unwrap();
+        wait_until("Ctrl+N to open a new note", 5, || async {
+            js(
+                &c,
+                "return document.activeElement && document.activeElement.id;",
+            )
+            .await
+                == serde_json::json!("note-title")
+        })
+        .await;
+        assert_eq!(value(&c, "note-title").await, "");
+        assert_eq!(value(&c, "note-body").await, "");
         quit(c, work.path()).await;
     });
 }
