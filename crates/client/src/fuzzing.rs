@@ -165,3 +165,39 @@ pub fn vault_entry(data: &[u8]) {
         Verdict::Locked(_) => {}
     }
 }
+
+/// The live-updates stream as a hostile server could send it: `data` cut
+/// into chunks (sizes taken from its first byte) is fed to the SSE parser.
+/// The events never depend on where the chunks end, none holds more than
+/// the parser's bound, and their data decodes or is refused without harm.
+pub fn client_events(data: &[u8]) {
+    use crate::sse::{MAX_EVENT_BYTES, Parser};
+    let Some((&step, bytes)) = data.split_first() else {
+        return;
+    };
+    let whole = Parser::new().feed(bytes);
+    let mut parser = Parser::new();
+    let mut chunked = Ok(Vec::new());
+    for chunk in bytes.chunks(usize::from(step % 17) + 1) {
+        match parser.feed(chunk) {
+            Ok(events) => {
+                if let Ok(all) = &mut chunked {
+                    all.extend(events);
+                }
+            }
+            Err(e) => {
+                chunked = Err(e);
+                break;
+            }
+        }
+    }
+    // A byte-order mark cut across chunks is the one allowed difference.
+    if !bytes.starts_with(b"\xEF") {
+        assert_eq!(whole, chunked, "chunking changed the events");
+    }
+    for event in whole.into_iter().flatten() {
+        assert!(event.name.len() + event.data.len() <= MAX_EVENT_BYTES);
+        let _ = serde_json::from_str::<latchkey_protocol::ChangedEvent>(&event.data);
+        let _ = serde_json::from_str::<latchkey_protocol::RevokedEvent>(&event.data);
+    }
+}

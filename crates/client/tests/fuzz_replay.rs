@@ -40,6 +40,15 @@ fn push_and_pull_answers_replay() {
 }
 
 #[test]
+fn live_update_streams_replay() {
+    replay(
+        &fuzz_dir(),
+        "client_events",
+        latchkey_client::fuzzing::client_events,
+    );
+}
+
+#[test]
 fn keychain_entries_replay() {
     replay(
         &fuzz_dir(),
