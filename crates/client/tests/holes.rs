@@ -351,7 +351,14 @@ async fn an_edit_made_as_the_session_ends_syncs_after_signing_in_again() {
         .unwrap();
     synced(&e).await;
     revoke_user_now(&server, "fay", PW).await;
-    assert_eq!(e.sync_now().await.unwrap_err().code(), "session_revoked");
+    // The live-updates stream may have ended the session already (the
+    // server passes a revocation on within a second); if not, this sync
+    // learns it.
+    let code = e.sync_now().await.unwrap_err().code();
+    assert!(
+        matches!(code, "session_revoked" | "not_signed_in"),
+        "{code}"
+    );
     assert_eq!(e.status().state, SessionState::Revoked);
     // The editor's last keystrokes, saved after the end.
     let saved = e

@@ -5,9 +5,11 @@
 //! `Content-Length` or chunked bodies), so faults are chosen per request,
 //! also on pooled keep-alive connections: the test's policy sees each
 //! request's method and path and may answer with a [`Fault`]. Every fault
-//! injected is counted by kind. A response of `text/event-stream` (the
+//! injected is counted by kind, every request by what it is
+//! ([`Proxy::requests_to`]). A response of `text/event-stream` (the
 //! live-updates stream) is passed through as it comes, until either end
-//! closes or the test cuts it ([`Proxy::cut_streams`]).
+//! closes or the test cuts it ([`Proxy::cut_streams`]); the streams open
+//! at any moment are counted ([`Proxy::streams_open`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -163,6 +165,8 @@ struct Shared {
     /// client, by [`RequestInfo::target`].
     answers_lost: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     requests: AtomicU64,
+    /// Requests seen, by [`RequestInfo::target`].
+    by_target: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Requests not forwarded because the link was down.
     link_down: AtomicU64,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -170,6 +174,8 @@ struct Shared {
     cut: tokio::sync::Notify,
     /// Event streams cut so far.
     streams_cut: AtomicU64,
+    /// Event streams being passed through now.
+    streams_open: AtomicU64,
 }
 
 impl Shared {
@@ -196,10 +202,12 @@ impl Proxy {
             counts: Default::default(),
             answers_lost: Mutex::default(),
             requests: AtomicU64::new(0),
+            by_target: Mutex::default(),
             link_down: AtomicU64::new(0),
             tasks: Mutex::default(),
             cut: tokio::sync::Notify::new(),
             streams_cut: AtomicU64::new(0),
+            streams_open: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = tokio::spawn(async move {
@@ -259,6 +267,18 @@ impl Proxy {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
+    /// Requests seen (forwarded or not) that were `target`, as
+    /// [`RequestInfo::target`] names them (`events`, `pull`, ...).
+    pub fn requests_to(&self, target: &str) -> u64 {
+        self.shared
+            .by_target
+            .lock()
+            .unwrap()
+            .get(target)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn link_down_requests(&self) -> u64 {
         self.shared.link_down.load(Ordering::SeqCst)
     }
@@ -272,6 +292,12 @@ impl Proxy {
     /// Event streams cut so far.
     pub fn streams_cut(&self) -> u64 {
         self.shared.streams_cut.load(Ordering::SeqCst)
+    }
+
+    /// Event streams open through the proxy now: answered and not yet
+    /// closed by either end, nor cut.
+    pub fn streams_open(&self) -> u64 {
+        self.shared.streams_open.load(Ordering::SeqCst)
     }
 }
 
@@ -495,6 +521,12 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
                 .unwrap_or("")
                 .to_string(),
         };
+        *shared
+            .by_target
+            .lock()
+            .unwrap()
+            .entry(info.target())
+            .or_default() += 1;
         let link = *shared.link.lock().unwrap();
         match link {
             Link::Up => {}
@@ -596,30 +628,59 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
     }
 }
 
+/// Counts an event stream as open while it lives.
+struct OpenStream<'a>(&'a AtomicU64);
+
+impl<'a> OpenStream<'a> {
+    fn new(open: &'a AtomicU64) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(open)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Passes an event stream through as it comes, until either end closes it
 /// or the test cuts it (then the client's connection is reset).
 async fn pass_stream(shared: &Shared, head: Vec<u8>, up: &mut Side, mut client: Side) {
+    // Made before the stream counts as open: a cut from then on reaches it.
+    let cut_now = shared.cut.notified();
+    let _open = OpenStream::new(&shared.streams_open);
     let mut first = head;
     first.append(&mut up.buf);
     if client.s.write_all(&first).await.is_err() {
         return;
     }
-    let copy = async {
-        let mut tmp = [0u8; 16 * 1024];
-        loop {
-            match up.s.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if client.s.write_all(&tmp[..n]).await.is_err() {
-                        return;
+    let cut = {
+        let (mut from_client, mut to_client) = client.s.split();
+        let copy = async {
+            let mut tmp = [0u8; 16 * 1024];
+            loop {
+                match up.s.read(&mut tmp).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if to_client.write_all(&tmp[..n]).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
+        };
+        // A client that lets go of the stream closes its connection: seen
+        // at once here, not at the next write (a ping, seconds later).
+        let closed = async {
+            let mut tmp = [0u8; 1024];
+            while matches!(from_client.read(&mut tmp).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            () = copy => false,
+            () = closed => false,
+            () = cut_now => true,
         }
-    };
-    let cut = tokio::select! {
-        () = copy => false,
-        () = shared.cut.notified() => true,
     };
     if cut {
         shared.streams_cut.fetch_add(1, Ordering::SeqCst);

@@ -30,8 +30,10 @@ pub(crate) enum Wake {
 /// publishes (the offline policy evaluated then).
 pub(crate) enum SessionView {
     SignedOut,
-    /// The server ended the session: its state, user and server.
-    Ended(SessionState, UserInfo, String),
+    /// The server ended the session: its state, user and server, and the
+    /// pending count of its notes (`None` while a sync holds the store: the
+    /// last status' count stands).
+    Ended(SessionState, UserInfo, String, Option<u64>),
     Active(ActiveView),
 }
 
@@ -186,10 +188,12 @@ impl Reporter {
         st.last_error = last_error;
         match view {
             SessionView::SignedOut => {}
-            SessionView::Ended(state, user, server) => {
+            SessionView::Ended(state, user, server, pending) => {
                 st.state = state;
                 st.user = Some(user);
                 st.server = Some(server);
+                // The outbox is kept for the next sign-in: still pending.
+                st.pending = pending.unwrap_or_else(|| self.status.borrow().pending);
             }
             SessionView::Active(active) => {
                 st.online = online && !work_offline;

@@ -40,6 +40,14 @@ struct Ended {
     store: Arc<Mutex<LocalStore>>,
 }
 
+impl Ended {
+    /// The notes' pending count, unless a sync holds the store.
+    fn pending(&self) -> Option<u64> {
+        let store = self.store.try_lock().ok()?;
+        Some(store.pending_count().unwrap_or(0))
+    }
+}
+
 /// The session state machine: the active account, or the one the server
 /// ended, and the refresh shared by every caller.
 pub(crate) struct Session {
@@ -146,7 +154,9 @@ impl Session {
         let mut acc = lock(&self.account);
         let Some(acc) = acc.as_mut() else {
             let view = match lock(&self.ended).as_ref() {
-                Some(e) => SessionView::Ended(e.state, e.user.clone(), e.server.clone()),
+                Some(e) => {
+                    SessionView::Ended(e.state, e.user.clone(), e.server.clone(), e.pending())
+                }
                 None => SessionView::SignedOut,
             };
             return (view, None);
