@@ -56,25 +56,24 @@ impl Engine {
     /// the server: offline this is [`Error::Offline`] at once. Restoring one
     /// is an ordinary save of its text on the note's current version.
     pub async fn note_history(&self, id: Uuid) -> Result<Vec<NoteVersion>> {
-        self.session.notes_store()?;
+        let store = self.session.notes_store()?;
         if !self.reporter.online() {
             return Err(Error::Offline("a note's history"));
         }
+        // A note the server never saw has no history yet.
+        if blocking(move || lock(&store).get_note(id)).await?.rev == 0 {
+            return Ok(Vec::new());
+        }
         let server = self.session.server()?;
         let (http, t) = (self.http.clone(), self.timeouts);
-        let versions = self
+        let history = self
             .session
             .authed(|token| {
                 let (http, server) = (http.clone(), server.clone());
                 async move { api::history(http.as_ref(), &server, &token, id, t).await }
             })
-            .await;
-        match versions {
-            Ok(h) => Ok(h.versions),
-            // A note the server never saw has no history yet.
-            Err(Error::Server(_)) if self.note_is_unsynced(id).await => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(history.versions)
     }
 
     /// "Export all notes": one Markdown file per live note (conflict copies
@@ -93,15 +92,6 @@ impl Engine {
             export_notes(&notes, &folder, progress, &cancel)
         })
         .await
-    }
-
-    async fn note_is_unsynced(&self, id: Uuid) -> bool {
-        let Ok(store) = self.session.notes_store() else {
-            return false;
-        };
-        blocking(move || lock(&store).get_note(id))
-            .await
-            .is_ok_and(|n| n.rev == 0)
     }
 }
 
