@@ -48,10 +48,17 @@ impl std::ops::Deref for Device {
 
 /// A device signed in as `user` at `url` (the server's, or a proxy's), online.
 async fn device(url: &str, user: &str) -> Device {
+    device_with(url, user, |_| {}).await
+}
+
+/// [`device`] with `tweak` applied to its [`live_config`].
+async fn device_with(url: &str, user: &str, tweak: impl FnOnce(&mut Config)) -> Device {
     let dir = tempfile::tempdir().unwrap();
     let (vault, http) = (MemoryVault::new(), TestHttp::new());
+    let mut config = live_config(dir.path());
+    tweak(&mut config);
     let engine = Engine::start(
-        live_config(dir.path()),
+        config,
         Arc::new(vault.clone()) as Arc<dyn Vault>,
         Arc::new(http.clone()),
         Arc::new(SystemClock),
@@ -493,4 +500,43 @@ async fn a_notes_history_comes_from_the_server_and_a_version_can_be_restored() {
     assert_eq!(e.code(), "offline", "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(a.http.calls.lock().unwrap().len(), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_pulls_once_not_again_for_the_news_of_its_own_push() {
+    let server = server_with("uma");
+    // Syncs only when told: each edit is one sync, start to end.
+    let a = device_with(&server.url(), "uma", |c| {
+        c.edit_debounce = Duration::from_secs(600)
+    })
+    .await;
+    settled(&a).await;
+    let pulls = a.http.count("v1/sync/pull");
+    let mut note = a
+        .save_note(None, None, "Log".into(), "0".into())
+        .await
+        .unwrap();
+    a.sync_now().await.unwrap();
+    for i in 1..5 {
+        note = a
+            .save_note(
+                Some(note.id),
+                Some(note.version),
+                "Log".into(),
+                format!("{i}"),
+            )
+            .await
+            .unwrap();
+        a.sync_now().await.unwrap();
+    }
+    // Each push is announced on A's own stream while its sync runs, and
+    // that sync's pull has brought it by the time a catch-up could: none
+    // runs. A second for the last announcement to come and be read.
+    let more = poll_until(Duration::from_secs(1), || async {
+        (a.http.count("v1/sync/pull") - pulls > 5).then_some(())
+    })
+    .await;
+    let calls = a.http.calls.lock().unwrap().clone();
+    assert!(more.is_none(), "{calls:?}");
+    assert_eq!(a.http.count("v1/sync/pull") - pulls, 5, "{calls:?}");
 }
