@@ -1004,8 +1004,7 @@ async fn live_run(server: &TestServer, label: &str, debounce: Option<Duration>, 
     let (p50, _) = summary("save on A -> text shown on B", &mut visible);
     summary("save on A -> A's push acknowledged", &mut pushed);
     let debounce = debounce.unwrap_or(Config::new(dir_a.path()).edit_debounce);
-    // An edit saved while a catch-up of A's is queued (one its own stream
-    // asked for, on the news of its previous push) goes with that one.
+    // Edits another sync of A's carried before their debounce ran out.
     let early = visible.iter().filter(|&&d| d < debounce).count();
     println!(
         "    the edit debounce ({}) is {:.0}% of the p50; {early} of {} edits shown before it ran out",
