@@ -41,16 +41,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-LATCHKEY_LOG="warn,latchkey_server::server=info" NO_COLOR=1 \
-  "$bin" serve --demo --db "$tmp/server.db" --addr 127.0.0.1:0 --access-ttl 2h \
-  >"$tmp/server.out" 2>"$tmp/server.log" &
-SERVER=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$tmp/server.log" && break
-  sleep 0.1
-done
-addr="$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$tmp/server.log" | head -1 | sed 's/listening on //')"
-[ -n "$addr" ] || { echo "bench-streams: the server did not start" >&2; cat "$tmp/server.log" >&2; exit 1; }
+# Its start-up line only: no line per request.
+export NO_COLOR=1 LATCHKEY_LOG="warn,latchkey_server::server=info"
+. scripts/demo-server.sh
+start_demo_server "$bin" "$tmp" --access-ttl 2h
+addr="$SERVER_URL"
 echo "server $addr (pid $SERVER, $bin), $STREAMS streams over $SESSIONS sessions, ${IDLE}s idle"
 echo "cpus: $(nproc); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
