@@ -121,15 +121,9 @@ cleanup() {
 trap cleanup EXIT
 
 # Sign in once, with the server up.
-"$tmp/latchkey-server" serve --demo --db "$tmp/server.db" --addr 127.0.0.1:0 \
-  >"$tmp/server.out" 2>"$tmp/server.log" &
-SERVER=$!
-for _ in $(seq 300); do
-  grep -q "listening on" "$tmp/server.log" && break
-  sleep 0.1
-done
-addr="$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$tmp/server.log" | head -1 | sed 's/listening on //')"
-[ -n "$addr" ] || { echo "bench-app: the server did not start" >&2; cat "$tmp/server.log" >&2; exit 1; }
+. scripts/demo-server.sh
+start_demo_server "$tmp/latchkey-server" "$tmp"
+addr="$SERVER_URL"
 "$tmp/bench_seed" "$addr" demo "$NOTES" <"$tmp/server.db.demo-password"
 kill -TERM "$SERVER"
 wait "$SERVER" || true

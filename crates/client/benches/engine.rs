@@ -22,12 +22,22 @@
 //!   fresh user. Target: < 3 s and at least 20 times faster than that.
 //! * `store`: the local store's share of such a reconnect, with no engine
 //!   and no network.
+//! * `live`: edit-to-visible latency between two engines of one user on
+//!   loopback: engine A saves an edit of a synced note, and the time until
+//!   engine B shows that text (B follows its status and reads the note at
+//!   each change), over `--edits` edits one after another. A runs the
+//!   app's defaults (edit debounce 500 ms), B's backstop sync is ten minutes
+//!   away, so only the live-updates stream brings the edits. Then again
+//!   with no debounce on A, which is the rest: A's push, the server's
+//!   `changed` event, B's pull. Each run also gives the time to A's push
+//!   acknowledged (A's pending count back to 0).
 //!
 //! `cargo bench -p latchkey-client --bench engine [-- OPTIONS]`, options:
-//! `--only restore|save|sync|store` (comma-separated), `--restores N`
+//! `--only restore|save|sync|store|live` (comma-separated), `--restores N`
 //! (default 200), `--saves N` (default 3000), `--notes N` (default 10000),
 //! `--rounds N` (sync rounds, default 3; the medians are the figures),
-//! `--no-keyring` (skip the Secret Service run). The server is the test
+//! `--edits N` (live edits per run, default 200), `--no-keyring` (skip the
+//! Secret Service run). The server is the test
 //! kit's (`latchkey_testkit::TestServer`): its binary built for the bench's
 //! profile (release) unless `LATCHKEY_SERVER_BIN` names one.
 //! `cargo test --benches` builds this and runs nothing.
@@ -112,6 +122,9 @@ fn main() -> ExitCode {
         load("store");
         store_breakdown(&offline_notes(opts.notes));
     }
+    if opts.live {
+        rt.block_on(live(opts.edits));
+    }
     load("end");
     ExitCode::SUCCESS
 }
@@ -121,11 +134,13 @@ struct Options {
     save: bool,
     sync: bool,
     store: bool,
+    live: bool,
     keyring: bool,
     restores: usize,
     saves: usize,
     notes: usize,
     rounds: usize,
+    edits: usize,
 }
 
 impl Options {
@@ -135,11 +150,13 @@ impl Options {
             save: true,
             sync: true,
             store: true,
+            live: true,
             keyring: true,
             restores: 200,
             saves: 3000,
             notes: 10_000,
             rounds: 3,
+            edits: 200,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -154,17 +171,19 @@ impl Options {
                 "--only" => {
                     let what = it
                         .next()
-                        .ok_or("--only takes restore, save, sync or store")?;
+                        .ok_or("--only takes restore, save, sync, store or live")?;
                     o.restore = false;
                     o.save = false;
                     o.sync = false;
                     o.store = false;
+                    o.live = false;
                     for w in what.split(',') {
                         match w {
                             "restore" => o.restore = true,
                             "save" => o.save = true,
                             "sync" => o.sync = true,
                             "store" => o.store = true,
+                            "live" => o.live = true,
                             other => return Err(format!("unknown bench {other}")),
                         }
                     }
@@ -174,6 +193,7 @@ impl Options {
                 "--saves" => o.saves = value("--saves")?,
                 "--notes" => o.notes = value("--notes")?,
                 "--rounds" => o.rounds = value("--rounds")?.max(1),
+                "--edits" => o.edits = value("--edits")?,
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -889,4 +909,108 @@ async fn sync_round(server: &TestServer, notes: &[(String, String)], round: usiz
         x(t_pending)
     );
     [x(t_b), x(t_b_pending), x(t_pending)]
+}
+
+// ---------------------------------------------------------------- live
+
+/// An engine of `user` on `data` with `config`, the real transport (with
+/// its live-updates stream), signed in and online.
+async fn live_engine(server: &TestServer, user: &str, config: Config) -> Engine {
+    let e = Engine::start(
+        config,
+        Arc::new(MemoryVault::new()),
+        Arc::new(ReqwestHttp::new(Duration::from_secs(2)).unwrap()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    e.sign_in(&server.url(), user, PASSWORD).await.unwrap();
+    wait_for(&e, 30, "online", |s| s.state == SessionState::Online).await;
+    e
+}
+
+async fn live(edits: usize) {
+    println!("\n## live: edit on engine A to visible on engine B, {edits} edits, loopback");
+    let server = TestServer::start(&[]);
+    for (label, debounce) in [
+        ("A with the app's edit debounce (500 ms)", None),
+        ("A with no edit debounce", Some(Duration::ZERO)),
+    ] {
+        load("live");
+        live_run(&server, label, debounce, edits).await;
+    }
+}
+
+/// One run: a fresh user, A (its debounce `debounce`, else the default)
+/// and B (its backstop ten minutes away), `edits` timed edits after a few
+/// untimed ones.
+async fn live_run(server: &TestServer, label: &str, debounce: Option<Duration>, edits: usize) {
+    let user = format!("live-{}", debounce.map_or(500, |d| d.as_millis()));
+    server.add_user(&user, PASSWORD);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config_a = Config::new(dir_a.path());
+    if let Some(d) = debounce {
+        config_a.edit_debounce = d;
+    }
+    let mut config_b = Config::new(dir_b.path());
+    config_b.sync_interval = Duration::from_secs(600);
+    let a = live_engine(server, &user, config_a).await;
+    let b = live_engine(server, &user, config_b).await;
+    let note = a
+        .save_note(None, None, "live".into(), "edit 0".into())
+        .await
+        .unwrap();
+    let mut rx_a = a.subscribe();
+    let mut rx_b = b.subscribe();
+    let warm_up = 5;
+    let (mut visible, mut pushed) = (Vec::new(), Vec::new());
+    for i in 0..warm_up + edits {
+        let body = format!("edit {} of note {}", i + 1, note.id);
+        rx_a.borrow_and_update();
+        rx_b.borrow_and_update();
+        let t0 = Instant::now();
+        a.save_note(Some(note.id), None, "live".into(), body.clone())
+            .await
+            .unwrap();
+        // A's push acknowledged, and B showing the text, followed at once.
+        let acked = async {
+            loop {
+                if rx_a.borrow_and_update().pending == 0 {
+                    return t0.elapsed();
+                }
+                rx_a.changed().await.unwrap();
+            }
+        };
+        let shown = async {
+            loop {
+                rx_b.borrow_and_update();
+                if b.get_note(note.id).await.is_ok_and(|n| n.body == body) {
+                    return t0.elapsed();
+                }
+                rx_b.changed().await.unwrap();
+            }
+        };
+        let (acked, shown) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(acked, shown)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("edit {i} not on B within 60 s"));
+        if i >= warm_up {
+            pushed.push(acked);
+            visible.push(shown);
+        }
+    }
+    println!("  {label}:");
+    let (p50, _) = summary("save on A -> text shown on B", &mut visible);
+    summary("save on A -> A's push acknowledged", &mut pushed);
+    let debounce = debounce.unwrap_or(Config::new(dir_a.path()).edit_debounce);
+    // Edits another sync of A's carried before their debounce ran out.
+    let early = visible.iter().filter(|&&d| d < debounce).count();
+    println!(
+        "    the edit debounce ({}) is {:.0}% of the p50; {early} of {} edits shown before it ran out",
+        ms(debounce),
+        100.0 * debounce.as_secs_f64() / p50.as_secs_f64(),
+        visible.len()
+    );
+    assert_eq!(b.status().state, SessionState::Online);
 }

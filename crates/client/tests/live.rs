@@ -48,10 +48,17 @@ impl std::ops::Deref for Device {
 
 /// A device signed in as `user` at `url` (the server's, or a proxy's), online.
 async fn device(url: &str, user: &str) -> Device {
+    device_with(url, user, |_| {}).await
+}
+
+/// [`device`] with `tweak` applied to its [`live_config`].
+async fn device_with(url: &str, user: &str, tweak: impl FnOnce(&mut Config)) -> Device {
     let dir = tempfile::tempdir().unwrap();
     let (vault, http) = (MemoryVault::new(), TestHttp::new());
+    let mut config = live_config(dir.path());
+    tweak(&mut config);
     let engine = Engine::start(
-        live_config(dir.path()),
+        config,
         Arc::new(vault.clone()) as Arc<dyn Vault>,
         Arc::new(http.clone()),
         Arc::new(SystemClock),
@@ -94,6 +101,11 @@ async fn wait_notes(engine: &Engine, what: &str, pred: impl Fn(&[Note]) -> bool)
     }
 }
 
+/// Waits until `engine` shows a note holding `body`; returns its notes.
+async fn wait_body(engine: &Engine, what: &str, body: &str) -> Vec<Note> {
+    wait_notes(engine, what, |n| with_body(n, body).is_some()).await
+}
+
 /// The note holding `body`, if any.
 fn with_body<'a>(notes: &'a [Note], body: &str) -> Option<&'a Note> {
     notes.iter().find(|n| n.body == body)
@@ -121,6 +133,20 @@ async fn settled(d: &Device) {
     .await;
 }
 
+/// A server with `user`, and two devices of theirs: A talks to the server,
+/// B through a fault proxy. Returns once both are synced and B's stream
+/// is open.
+async fn behind_a_proxy(user: &str) -> (TestServer, Proxy, Device, Device) {
+    let server = server_with(user);
+    let proxy = Proxy::start(server.port).await;
+    let a = device(&server.url(), user).await;
+    let b = device(&proxy.url(), user).await;
+    synced(&a).await;
+    synced(&b).await;
+    until("B's stream open", || proxy.streams_open() == 1).await;
+    (server, proxy, a, b)
+}
+
 /// Waits until `cond` holds (polled), or panics with `what`.
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let ok = poll_until(Duration::from_secs(SECS), || async { cond().then_some(()) }).await;
@@ -141,7 +167,7 @@ async fn an_edit_on_one_device_shows_on_the_other_without_a_sync() {
         .save_note(None, None, "Groceries".into(), "eggs".into())
         .await
         .unwrap();
-    let on_b = wait_notes(&b, "A's new note on B", |n| with_body(n, "eggs").is_some()).await;
+    let on_b = wait_body(&b, "A's new note on B", "eggs").await;
     assert_eq!(on_b.len(), 1);
     assert_eq!(on_b[0].id, note.id);
     // B pulled without a full sync (whose first call is the session check).
@@ -159,10 +185,7 @@ async fn an_edit_on_one_device_shows_on_the_other_without_a_sync() {
     )
     .await
     .unwrap();
-    let on_a = wait_notes(&a, "B's edit on A", |n| {
-        with_body(n, "eggs, milk").is_some()
-    })
-    .await;
+    let on_a = wait_body(&a, "B's edit on A", "eggs, milk").await;
     assert_eq!(on_a.len(), 1, "an edit, not a copy: {on_a:?}");
 
     // A deletes it; on B it is gone from the list and in the trash with
@@ -180,13 +203,7 @@ async fn an_edit_on_one_device_shows_on_the_other_without_a_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_by_the_network_is_opened_again() {
-    let server = server_with("mona");
-    let proxy = Proxy::start(server.port).await;
-    let a = device(&server.url(), "mona").await;
-    let b = device(&proxy.url(), "mona").await;
-    synced(&a).await;
-    synced(&b).await;
-    until("B's stream open", || proxy.streams_open() == 1).await;
+    let (_server, proxy, a, b) = behind_a_proxy("mona").await;
 
     proxy.cut_streams();
     until("the stream cut", || proxy.streams_cut() == 1).await;
@@ -203,10 +220,7 @@ async fn a_stream_cut_by_the_network_is_opened_again() {
     a.save_note(None, None, "After the cut".into(), "still live".into())
         .await
         .unwrap();
-    wait_notes(&b, "A's note on B", |n| {
-        with_body(n, "still live").is_some()
-    })
-    .await;
+    wait_body(&b, "A's note on B", "still live").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,13 +287,7 @@ async fn a_revocation_reaches_an_online_device_at_once_and_its_edit_is_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_offline_closes_the_stream_and_holds_back_other_devices_edits() {
-    let server = server_with("olga");
-    let proxy = Proxy::start(server.port).await;
-    let a = device(&server.url(), "olga").await;
-    let b = device(&proxy.url(), "olga").await;
-    synced(&a).await;
-    synced(&b).await;
-    until("B's stream open", || proxy.streams_open() == 1).await;
+    let (_server, proxy, a, b) = behind_a_proxy("olga").await;
 
     b.set_work_offline(true);
     until("B's stream closed", || proxy.streams_open() == 0).await;
@@ -308,7 +316,7 @@ async fn work_offline_closes_the_stream_and_holds_back_other_devices_edits() {
     assert_eq!(proxy.streams_open(), 0);
 
     b.set_work_offline(false);
-    let on_b = wait_notes(&b, "A's note on B", |n| with_body(n, "held").is_some()).await;
+    let on_b = wait_body(&b, "A's note on B", "held").await;
     assert_eq!(on_b[0].id, note.id);
     until("B's stream open again", || proxy.streams_open() == 1).await;
     a.save_note(
@@ -319,10 +327,7 @@ async fn work_offline_closes_the_stream_and_holds_back_other_devices_edits() {
     )
     .await
     .unwrap();
-    wait_notes(&b, "A's edit on B", |n| {
-        with_body(n, "held, then live").is_some()
-    })
-    .await;
+    wait_body(&b, "A's edit on B", "held, then live").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,4 +498,43 @@ async fn a_notes_history_comes_from_the_server_and_a_version_can_be_restored() {
     assert_eq!(e.code(), "offline", "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(a.http.calls.lock().unwrap().len(), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_pulls_once_not_again_for_the_news_of_its_own_push() {
+    let server = server_with("uma");
+    // Syncs only when told: each edit is one sync, start to end.
+    let a = device_with(&server.url(), "uma", |c| {
+        c.edit_debounce = Duration::from_secs(600)
+    })
+    .await;
+    settled(&a).await;
+    let pulls = a.http.count("v1/sync/pull");
+    let mut note = a
+        .save_note(None, None, "Log".into(), "0".into())
+        .await
+        .unwrap();
+    a.sync_now().await.unwrap();
+    for i in 1..5 {
+        note = a
+            .save_note(
+                Some(note.id),
+                Some(note.version),
+                "Log".into(),
+                format!("{i}"),
+            )
+            .await
+            .unwrap();
+        a.sync_now().await.unwrap();
+    }
+    // Each push is announced on A's own stream while its sync runs, and
+    // that sync's pull has brought it by the time a catch-up could: none
+    // runs. A second for the last announcement to come and be read.
+    let more = poll_until(Duration::from_secs(1), || async {
+        (a.http.count("v1/sync/pull") - pulls > 5).then_some(())
+    })
+    .await;
+    let calls = a.http.calls.lock().unwrap().clone();
+    assert!(more.is_none(), "{calls:?}");
+    assert_eq!(a.http.count("v1/sync/pull") - pulls, 5, "{calls:?}");
 }

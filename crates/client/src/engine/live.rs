@@ -1,11 +1,13 @@
 //! Live updates (PROTOCOL.md v1.1): while online, one open
 //! `GET /v1/sync/events` stream. `changed` past this device's cursor
 //! starts a catch-up (push and pull, no session check: the open stream is
-//! the check), `revoked` ends the session at once (notes and outbox kept,
+//! the check) unless a sync has pulled that far by its turn (the news of
+//! this device's own push, most often), `revoked` ends the session at once (notes and outbox kept,
 //! as for any revocation), and a stream that ends or breaks is opened again
 //! with backoff. The connectivity loop says when a stream is wanted; "Work
 //! offline" and going offline close it.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::blocking::{blocking, lock};
+use super::blocking::lock;
 use super::session::Session;
 use super::sync::Syncer;
 use crate::api::{self, Timeouts};
@@ -39,6 +41,16 @@ pub(crate) struct Live {
     http: Arc<dyn Http>,
     timeouts: Timeouts,
     task: Mutex<Option<Tasks>>,
+}
+
+/// What the reader tells the puller.
+#[derive(Default)]
+struct News {
+    pull: Notify,
+    /// The latest cursor a `changed` announced.
+    cursor: AtomicI64,
+    /// A stream opened: catch up whatever the cursor.
+    opened: AtomicBool,
 }
 
 /// The stream's reader and its catch-up puller; both end when dropped.
@@ -77,10 +89,10 @@ impl Live {
         let mut task = lock(&self.task);
         let running = task.as_ref().is_some_and(|t| !t.reader.is_finished());
         if wanted && !running {
-            let pull = Arc::new(Notify::new());
+            let news = Arc::new(News::default());
             *task = Some(Tasks {
-                reader: tokio::spawn(read_loop(Arc::downgrade(self), pull.clone())),
-                puller: tokio::spawn(pull_loop(Arc::downgrade(&self.syncer), pull)),
+                reader: tokio::spawn(read_loop(Arc::downgrade(self), news.clone())),
+                puller: tokio::spawn(pull_loop(Arc::downgrade(&self.syncer), news)),
             });
         } else if !wanted {
             *task = None;
@@ -100,7 +112,7 @@ impl Live {
 
     /// Reads one open stream to its end. `Ok` when the server ended it (at
     /// the token's expiry) or the session is over; `Err` when it broke.
-    async fn read(&self, mut stream: HttpStream, pull: &Notify) -> Result<()> {
+    async fn read(&self, mut stream: HttpStream, news: &News) -> Result<()> {
         let mut parser = Parser::new();
         loop {
             let chunk = tokio::time::timeout(SILENT_FOR, stream.body.next())
@@ -120,8 +132,9 @@ impl Live {
                         let Ok(changed) = serde_json::from_str::<ChangedEvent>(&event.data) else {
                             continue;
                         };
-                        if self.behind(changed.cursor).await {
-                            pull.notify_one();
+                        news.cursor.fetch_max(changed.cursor, Ordering::SeqCst);
+                        if !self.syncer.pulled_to(changed.cursor).await {
+                            news.pull.notify_one();
                         }
                     }
                     EVENT_REVOKED => {
@@ -137,21 +150,11 @@ impl Live {
             }
         }
     }
-
-    /// The server's latest rev is past this device's cursor.
-    async fn behind(&self, cursor: i64) -> bool {
-        let Ok(store) = self.session.store() else {
-            return false;
-        };
-        blocking(move || lock(&store).cursor())
-            .await
-            .is_ok_and(|mine| cursor > mine)
-    }
 }
 
 /// Opens the stream, reads it, opens it again, until aborted or the
 /// session ends.
-async fn read_loop(live: Weak<Live>, pull: Arc<Notify>) {
+async fn read_loop(live: Weak<Live>, news: Arc<News>) {
     let mut attempt = 0u32;
     loop {
         let Some(link) = live.upgrade() else { return };
@@ -162,8 +165,9 @@ async fn read_loop(live: Weak<Live>, pull: Arc<Notify>) {
         let outcome = match link.open().await {
             Ok(stream) => {
                 // Whatever happened while no stream was open.
-                pull.notify_one();
-                link.read(stream, &pull).await
+                news.opened.store(true, Ordering::SeqCst);
+                news.pull.notify_one();
+                link.read(stream, &news).await
             }
             // The session ended, or the network is gone (the engine is then
             // offline and the loop closes this): nothing to retry here.
@@ -187,14 +191,17 @@ async fn read_loop(live: Weak<Live>, pull: Arc<Notify>) {
 }
 
 /// Catches up whenever told, one catch-up at a time: news that comes
-/// during one makes exactly one more.
-async fn pull_loop(syncer: Weak<Syncer>, pull: Arc<Notify>) {
+/// during one makes exactly one more. After an opening, whatever the
+/// cursor; else only if no sync has pulled the announced cursor by then.
+async fn pull_loop(syncer: Weak<Syncer>, news: Arc<News>) {
     loop {
-        pull.notified().await;
+        news.pull.notified().await;
         let Some(syncer) = syncer.upgrade() else {
             return;
         };
-        if let Err(e) = syncer.catch_up().await {
+        let upto = (!news.opened.swap(false, Ordering::SeqCst))
+            .then(|| news.cursor.load(Ordering::SeqCst));
+        if let Err(e) = syncer.catch_up(upto).await {
             tracing::info!(error = %e, "catching up after a live update failed");
         }
     }

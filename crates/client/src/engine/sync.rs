@@ -59,18 +59,28 @@ impl Syncer {
 
     /// Single-flight sync: confirm the session, push the outbox, pull.
     pub(crate) async fn run(&self) -> Result<()> {
-        self.run_steps(true).await
+        self.run_steps(true, None).await
     }
 
     /// A sync without the session check, on news from the live-updates
     /// stream (whose being open is that check): push the outbox, pull.
-    pub(crate) async fn catch_up(&self) -> Result<()> {
-        self.run_steps(false).await
+    /// With `upto`, only if this device has not pulled that far by the
+    /// time it is its turn.
+    pub(crate) async fn catch_up(&self, upto: Option<i64>) -> Result<()> {
+        self.run_steps(false, upto).await
     }
 
-    async fn run_steps(&self, confirm: bool) -> Result<()> {
+    async fn run_steps(&self, confirm: bool, upto: Option<i64>) -> Result<()> {
         self.reporter.ensure_network()?;
         let _guard = self.running.lock().await;
+        // Most news is the echo of this device's own push, which comes while
+        // that sync runs and is then pulled by it: pulling again would
+        // double the pulls of every edit.
+        if let Some(cursor) = upto
+            && self.pulled_to(cursor).await
+        {
+            return Ok(());
+        }
         let result = self.steps(confirm).await;
         if let Ok(store) = self.session.store() {
             let outcome = match &result {
@@ -84,6 +94,17 @@ impl Syncer {
             .set_error(result.as_ref().err().map(StatusError::from));
         self.session.publish();
         result
+    }
+
+    /// Nothing to pull up to `cursor`: this device's cursor is there or
+    /// past it, or no session is left to pull for.
+    pub(crate) async fn pulled_to(&self, cursor: i64) -> bool {
+        let Ok(store) = self.session.store() else {
+            return true;
+        };
+        blocking(move || lock(&store).cursor())
+            .await
+            .is_ok_and(|mine| mine >= cursor)
     }
 
     async fn steps(&self, confirm: bool) -> Result<()> {
