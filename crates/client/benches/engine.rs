@@ -30,7 +30,10 @@
 //!   away, so only the live-updates stream brings the edits. Then again
 //!   with no debounce on A, which is the rest: A's push, the server's
 //!   `changed` event, B's pull. Each run also gives the time to A's push
-//!   acknowledged (A's pending count back to 0).
+//!   acknowledged (A's pending count back to 0). Last, ten times, an
+//!   administrator's `latchkey-server session revoke` (another process)
+//!   while an engine is online: from the command's start to the engine in
+//!   `revoked`, the moment the app shows the sign-in form (target < 2 s).
 //!
 //! `cargo bench -p latchkey-client --bench engine [-- OPTIONS]`, options:
 //! `--only restore|save|sync|store|live` (comma-separated), `--restores N`
@@ -939,6 +942,36 @@ async fn live(edits: usize) {
         load("live");
         live_run(&server, label, debounce, edits).await;
     }
+    load("revoked");
+    revoked_while_online(&server, 10).await;
+}
+
+/// An administrator revokes a user's sessions (`latchkey-server session
+/// revoke`, another process) while the engine is online with its stream
+/// open: from the command's start to the engine in `revoked` (the app then
+/// shows the sign-in form), `rounds` times.
+async fn revoked_while_online(server: &TestServer, rounds: usize) {
+    let mut took = Vec::new();
+    for round in 0..rounds {
+        let user = format!("revoked-{round}");
+        server.add_user(&user, PASSWORD);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.sync_interval = Duration::from_secs(600);
+        let e = live_engine(server, &user, config).await;
+        // Let the stream open (nothing to wait on from outside).
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t0 = Instant::now();
+        // The command runs as a process of its own; the engine goes on.
+        tokio::task::block_in_place(|| server.revoke_user(&user));
+        wait_for(&e, 10, "revoked", |s| s.state == SessionState::Revoked).await;
+        took.push(t0.elapsed());
+    }
+    println!("  revoked by the admin command while online:");
+    summary(
+        "command started -> engine revoked (sign-in form)",
+        &mut took,
+    );
 }
 
 /// One run: a fresh user, A (its debounce `debounce`, else the default)
