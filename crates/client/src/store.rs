@@ -805,17 +805,20 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the store's tests (here, `trash`, `search`) start from.
 #[cfg(test)]
-mod tests {
+mod testing {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, LocalStore) {
+    /// A new store in a folder of its own (kept as long as the folder).
+    pub(super) fn store() -> (tempfile::TempDir, LocalStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::open(&dir.path().join("u/notes.db")).unwrap();
         (dir, s)
     }
 
-    fn applied(op: &Op, rev: i64) -> OpResult {
+    /// The server's answer that applied `op` at `rev`.
+    pub(super) fn applied(op: &Op, rev: i64) -> OpResult {
         OpResult {
             op_id: op.op_id(),
             status: OpStatus::Applied,
@@ -827,6 +830,12 @@ mod tests {
             server_note: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{applied, store};
+    use super::*;
 
     /// Sync bookkeeping commits without waiting for the disk; the saves
     /// after it must still wait (`synchronous = FULL`, 2).

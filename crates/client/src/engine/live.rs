@@ -1,11 +1,16 @@
 //! Live updates (PROTOCOL.md v1.1): while online, one open
-//! `GET /v1/sync/events` stream. `changed` past this device's cursor
-//! starts a catch-up (push and pull, no session check: the open stream is
-//! the check) unless a sync has pulled that far by its turn (the news of
-//! this device's own push, most often), `revoked` ends the session at once (notes and outbox kept,
-//! as for any revocation), and a stream that ends or breaks is opened again
-//! with backoff. The connectivity loop says when a stream is wanted; "Work
-//! offline" and going offline close it.
+//! `GET /v1/sync/events` stream.
+//!
+//! * `changed` past this device's cursor starts a catch-up (push and pull,
+//!   no session check: the open stream is the check), unless a sync has
+//!   pulled that far by its turn (most often, the news of this device's own
+//!   push);
+//! * `revoked` ends the session at once (notes and outbox kept, as for any
+//!   revocation);
+//! * a stream that ends or breaks is opened again with backoff.
+//!
+//! The connectivity loop says when a stream is wanted; "Work offline" and
+//! going offline close it.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -166,12 +166,7 @@ mod store_tests {
 
     use super::*;
     use crate::store::MIGRATIONS;
-
-    fn store() -> (tempfile::TempDir, LocalStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(&dir.path().join("notes.db")).unwrap();
-        (dir, s)
-    }
+    use crate::store::testing::store;
 
     fn titles(notes: Vec<Note>) -> Vec<String> {
         notes.into_iter().map(|n| n.title).collect()

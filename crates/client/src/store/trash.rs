@@ -128,35 +128,18 @@ impl LocalStore {
 
 #[cfg(test)]
 mod tests {
-    use latchkey_protocol::{Change, OpResult, OpStatus, PullResponse};
+    use latchkey_protocol::{Change, PullResponse};
     use uuid::Uuid;
 
     use super::*;
-
-    fn store() -> (tempfile::TempDir, LocalStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(&dir.path().join("notes.db")).unwrap();
-        (dir, s)
-    }
+    use crate::store::testing::{applied, store};
 
     /// Saves a note and acknowledges it at `rev`, as a sync would.
     fn synced(s: &mut LocalStore, title: &str, body: &str, rev: i64) -> Uuid {
         let id = Uuid::now_v7();
         s.save_note(id, None, title, body, 10).unwrap();
         let ops = s.next_batch(10).unwrap();
-        let results: Vec<OpResult> = ops
-            .iter()
-            .map(|op| OpResult {
-                op_id: op.op_id(),
-                status: OpStatus::Applied,
-                note_id: op.note_id(),
-                rev,
-                original_status: None,
-                conflict_copy_id: None,
-                copy_rev: None,
-                server_note: None,
-            })
-            .collect();
+        let results: Vec<_> = ops.iter().map(|op| applied(op, rev)).collect();
         s.apply_push(&results).unwrap();
         id
     }
@@ -223,17 +206,7 @@ mod tests {
             sent[..],
             [latchkey_protocol::Op::Delete { base_rev: 4, .. }]
         ));
-        s.apply_push(&[OpResult {
-            op_id: sent[0].op_id(),
-            status: OpStatus::Applied,
-            note_id: id,
-            rev: 5,
-            original_status: None,
-            conflict_copy_id: None,
-            copy_rev: None,
-            server_note: None,
-        }])
-        .unwrap();
+        s.apply_push(&[applied(&sent[0], 5)]).unwrap();
 
         let note = s.restore_from_trash(id, 30).unwrap();
         assert_eq!((note.title.as_str(), note.body.as_str()), ("Plan", "steps"));
