@@ -167,17 +167,21 @@ pub async fn jwks(http: &dyn Http, base: &str, t: Timeouts) -> Result<Jwks, Erro
         .map_err(ApiError::into_error)
 }
 
+/// The password grant, naming this device (PROTOCOL.md v1.1: shown in the
+/// user's list of sessions).
 pub async fn password_grant(
     http: &dyn Http,
     base: &str,
     username: &str,
     password: &str,
+    device_name: &str,
     t: Timeouts,
 ) -> Result<Answer<TokenResponse>, Error> {
     let body = form(&[
         ("grant_type", "password"),
         ("username", username),
         ("password", password),
+        ("device_name", device_name),
     ]);
     let req = HttpRequest::post(format!("{base}/v1/auth/token"), FORM, body, t.request);
     call(http, req, true).await.map_err(ApiError::into_error)

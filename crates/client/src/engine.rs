@@ -162,6 +162,19 @@ impl Engine {
         result.map(|()| self.status())
     }
 
+    /// The name this device signs in with (shown in the user's list of
+    /// sessions): the one set with [`Engine::set_device_name`], else the
+    /// machine's host name.
+    pub fn device_name(&self) -> String {
+        self.session.device_name()
+    }
+
+    /// Names this device for the next sign-in (at most 64 characters; `None`
+    /// or blank: the host name again). Kept in `engine.json`.
+    pub async fn set_device_name(&self, name: Option<&str>) -> Result<()> {
+        self.session.set_device_name(name).await
+    }
+
     /// Ends the session in the app at once; revokes it on the server, or,
     /// offline, keeps the refresh token (marked) until it can. `wipe` also
     /// deletes the user's local notes and unsynced changes.

@@ -504,3 +504,29 @@ async fn signing_out_offline_revokes_once_the_server_is_back() {
         .unwrap();
     assert_eq!(res.status(), 400, "the old refresh token is dead");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_name_is_the_host_name_until_the_user_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, http) = (MemoryVault::new(), TestHttp::new());
+    let e = engine(dir.path(), &vault, &http).await;
+    let host = e.device_name();
+    assert!(
+        !host.trim().is_empty() && host.chars().count() <= 64,
+        "{host:?}"
+    );
+
+    let too_long = "x".repeat(65);
+    let err = e.set_device_name(Some(&too_long)).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_input");
+    assert_eq!(e.device_name(), host, "a refused name changes nothing");
+    e.set_device_name(Some("  Work laptop ")).await.unwrap();
+    assert_eq!(e.device_name(), "Work laptop");
+    drop(e);
+
+    // Kept across restarts; blank goes back to the host name.
+    let e = engine(dir.path(), &vault, &http).await;
+    assert_eq!(e.device_name(), "Work laptop");
+    e.set_device_name(Some(" ")).await.unwrap();
+    assert_eq!(e.device_name(), host);
+}

@@ -1,6 +1,6 @@
 //! The engine's non-secret state between runs, in `<data_dir>/engine.json`:
-//! the account restored at start and the signed-out sessions whose
-//! revocation is still owed. Changed in memory, then written whole and
+//! the account restored at start, the signed-out sessions whose
+//! revocation is still owed, and the device name the user chose. Changed in memory, then written whole and
 //! atomically (a temporary file, fsync, rename) on the blocking pool.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,10 @@ struct PrefsFile {
     /// revocation on the server.
     #[serde(default)]
     pending_revocations: Vec<String>,
+    /// The name this device signs in with, if the user chose one (else the
+    /// host name).
+    #[serde(default)]
+    device_name: Option<String>,
 }
 
 /// `engine.json`, in memory and on disk.
@@ -52,6 +56,14 @@ impl Prefs {
 
     pub(crate) fn set_last_account(&self, server: String, username: String) {
         lock(&self.data).last_account = Some((server, username));
+    }
+
+    pub(crate) fn device_name(&self) -> Option<String> {
+        lock(&self.data).device_name.clone()
+    }
+
+    pub(crate) fn set_device_name(&self, name: Option<String>) {
+        lock(&self.data).device_name = name;
     }
 
     pub(crate) fn pending_revocations(&self) -> Vec<String> {

@@ -283,6 +283,22 @@ impl Session {
         Ok(())
     }
 
+    /// The name this device signs in with: the user's choice, else the
+    /// machine's host name.
+    pub(crate) fn device_name(&self) -> String {
+        self.prefs.device_name().unwrap_or_else(host_name)
+    }
+
+    /// Sets the name the next sign-in uses (`None` or blank: the host name).
+    pub(crate) async fn set_device_name(&self, name: Option<&str>) -> Result<()> {
+        let name = name.map(str::trim).filter(|n| !n.is_empty());
+        if let Some(n) = name {
+            check_device_name(n)?;
+        }
+        self.prefs.set_device_name(name.map(str::to_owned));
+        self.prefs.save().await
+    }
+
     /// The password grant: the server's metadata (the issuer to pin), its
     /// keys, the tokens, and their verification. A session that fails it is
     /// revoked at once.
@@ -297,7 +313,8 @@ impl Session {
             .await
             .inspect_err(|e| self.lost_network(e))?;
         let (mut jwks, mut keys) = self.verifier.fetch_keys(server).await?;
-        let answer = api::password_grant(http, server, username, password, t).await?;
+        let device = self.device_name();
+        let answer = api::password_grant(http, server, username, password, &device, t).await?;
         self.clock.note(answer.server_time);
         let tokens = answer.value;
         let verified = self
@@ -637,5 +654,40 @@ impl Session {
         self.reporter.came_online();
         self.publish();
         Ok(info)
+    }
+}
+
+/// At most this many characters of a device name (PROTOCOL.md v1.1).
+pub const MAX_DEVICE_NAME_CHARS: usize = 64;
+
+fn check_device_name(name: &str) -> Result<()> {
+    if name.chars().count() > MAX_DEVICE_NAME_CHARS {
+        return Err(Error::InvalidInput(format!(
+            "a device name may be at most {MAX_DEVICE_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidInput(
+            "a device name may not hold control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The machine's host name, cut to what the server takes; a fixed name if
+/// it has none that reads as text.
+fn host_name() -> String {
+    let name = gethostname::gethostname();
+    let name: String = name
+        .to_string_lossy()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_DEVICE_NAME_CHARS)
+        .collect();
+    let name = name.trim();
+    if name.is_empty() {
+        "Latchkey desktop".into()
+    } else {
+        name.to_owned()
     }
 }
