@@ -3,6 +3,7 @@
 //! protocol error bodies for anything the framework would answer itself).
 
 mod authed;
+mod devices;
 mod events;
 mod extract;
 mod meta;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(meta::router())
         .merge(tokens::router())
+        .merge(devices::router())
         .merge(sync::router())
         .merge(events::router())
         .merge(notes::router())

@@ -1,0 +1,285 @@
+//! Devices and sessions (PROTOCOL.md v1.1): the device name of a sign-in,
+//! the session list, ending one session or all the others, and the
+//! password change.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use crate::app::*;
+use latchkey_testkit::*;
+
+impl App {
+    async fn sign_in_from(&self, name: &str, pw: &str, device: &str) -> Resp {
+        self.form(
+            "/v1/auth/token",
+            &format!(
+                "grant_type=password&username={}&password={}&device_name={}",
+                enc(name),
+                enc(pw),
+                enc(device)
+            ),
+            None,
+        )
+        .await
+    }
+
+    async fn sessions(&self, token: &str) -> Value {
+        self.get("/v1/auth/sessions", Some(token))
+            .await
+            .ok()
+            .clone()
+    }
+
+    /// `DELETE /v1/auth/sessions/{id}`: its status, and its body if any
+    /// (a 204 has none, so it skips [`App::call`]'s JSON checks).
+    async fn end_session(&self, token: &str, id: &str) -> (StatusCode, Option<Resp>) {
+        let req = request(
+            Method::DELETE,
+            &format!("/v1/auth/sessions/{id}"),
+            None,
+            Body::empty(),
+            Some(token),
+        );
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let raw = body.collect().await.unwrap().to_bytes();
+        if parts.status == StatusCode::NO_CONTENT {
+            assert!(raw.is_empty());
+            return (parts.status, None);
+        }
+        let r = Resp::new("DELETE session", parts.status, parts.headers, raw.to_vec());
+        (parts.status, Some(r))
+    }
+
+    async fn change_password_from(
+        &self,
+        addr: std::net::IpAddr,
+        token: &str,
+        current: &str,
+        new: &str,
+    ) -> Resp {
+        let body = json!({"current_password": current, "new_password": new});
+        self.call_from(
+            addr,
+            request(
+                Method::POST,
+                "/v1/account/password",
+                Some(JSON),
+                Body::from(body.to_string()),
+                Some(token),
+            ),
+        )
+        .await
+    }
+}
+
+/// A second sign-in of `user`, from the device `device`.
+async fn another_device(app: &App, user: &User, device: &str) -> Value {
+    app.sign_in_from(&user.name, &user.password, device)
+        .await
+        .ok()
+        .clone()
+}
+
+fn ids(list: &Value) -> Vec<&str> {
+    list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_device_name_is_at_most_64_characters() {
+    let app = App::new().await;
+    let (name, pw) = app.add_user().await;
+    app.sign_in_from(&name, &pw, &"x".repeat(65))
+        .await
+        .err(400, "invalid_request");
+    // Characters, not bytes: 64 of them in 128 bytes is allowed.
+    let t = app
+        .sign_in_from(&name, &pw, &"é".repeat(64))
+        .await
+        .ok()
+        .clone();
+    let list = app.sessions(t["access_token"].as_str().unwrap()).await;
+    assert_eq!(list["sessions"][0]["device_name"], "é".repeat(64));
+}
+
+#[tokio::test]
+async fn the_list_shows_live_sessions_most_recently_seen_first() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let laptop = another_device(&app, &user, "laptop").await;
+    let phone = another_device(&app, &user, "phone").await;
+    let ended = another_device(&app, &user, "old").await;
+    app.logout(ended["refresh_token"].as_str().unwrap()).await;
+    let stranger = app.user().await;
+    // The first sign-in was seen long ago; the laptop a while ago.
+    let now = now();
+    sql(
+        &app,
+        "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
+        (user.sid(), now - 7200),
+    );
+    let laptop_sid = laptop["session_id"].as_str().unwrap();
+    sql(
+        &app,
+        "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
+        (laptop_sid, now - 600),
+    );
+    let list = app.sessions(laptop["access_token"].as_str().unwrap()).await;
+    let phone_sid = phone["session_id"].as_str().unwrap();
+    assert_eq!(ids(&list), [phone_sid, laptop_sid, user.sid()]);
+    let first = &list["sessions"][0];
+    assert_keys(
+        first,
+        &[
+            "session_id",
+            "device_name",
+            "created_at",
+            "last_seen_at",
+            "current",
+        ],
+    );
+    assert_eq!(first["device_name"], "phone");
+    assert!(first["created_at"].as_i64().unwrap() >= now - 5);
+    let current: Vec<bool> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["current"].as_bool().unwrap())
+        .collect();
+    assert_eq!(current, [false, true, false]);
+    // No device name given: null.
+    assert_eq!(list["sessions"][2]["device_name"], Value::Null);
+    assert!(!ids(&app.sessions(stranger.access()).await).contains(&phone_sid));
+    // An expired session is not live.
+    sql(
+        &app,
+        "UPDATE sessions SET expires_at = ?2 WHERE id = ?1",
+        (phone_sid, now - 1),
+    );
+    let list = app.sessions(laptop["access_token"].as_str().unwrap()).await;
+    assert_eq!(ids(&list), [laptop_sid, user.sid()]);
+    app.get("/v1/auth/sessions", None)
+        .await
+        .err(401, "invalid_token");
+}
+
+fn last_seen(app: &App, sid: &str) -> i64 {
+    let conn = rusqlite::Connection::open(&app.db).unwrap();
+    conn.query_row(
+        "SELECT last_seen_at FROM sessions WHERE id = ?1",
+        [sid],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn last_seen_moves_on_refresh_and_session_check_at_most_once_a_minute() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let now = now();
+    let set = |at: i64| {
+        sql(
+            &app,
+            "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
+            (user.sid(), at),
+        )
+    };
+    set(now - 3600);
+    let t = app.refresh(user.refresh()).await.ok().clone();
+    assert!(last_seen(&app, user.sid()) >= now);
+    // Within the minute: unchanged.
+    set(now - 30);
+    app.refresh(t["refresh_token"].as_str().unwrap()).await.ok();
+    app.session(user.access()).await.ok();
+    assert_eq!(last_seen(&app, user.sid()), now - 30);
+    set(now - 3600);
+    app.session(user.access()).await.ok();
+    assert!(last_seen(&app, user.sid()) >= now);
+}
+
+#[tokio::test]
+async fn ending_a_session_revokes_it_at_once() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let phone = another_device(&app, &user, "phone").await;
+    let phone_access = phone["access_token"].as_str().unwrap();
+    let mut events = app.events(phone_access).await;
+    let (status, _) = app
+        .end_session(user.access(), phone["session_id"].as_str().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let r = app.session(phone_access).await;
+    r.unauthorized();
+    assert_reason(&r.body, "invalid_token", "revoked");
+    let r = app.refresh(phone["refresh_token"].as_str().unwrap()).await;
+    r.err(400, "invalid_grant");
+    assert_reason(&r.body, "invalid_grant", "revoked");
+    assert_eq!(
+        events.next_event(std::time::Duration::from_secs(5)).await,
+        Said::Event("revoked".into(), json!({"reason": "revoked"}))
+    );
+    app.session(user.access()).await.ok();
+    assert_eq!(ids(&app.sessions(user.access()).await), [user.sid()]);
+    // Now no longer live: 404, as for anything else that is no session of
+    // the user's.
+    let (status, r) = app
+        .end_session(user.access(), phone["session_id"].as_str().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    r.unwrap().err(404, "not_found");
+    for id in [uuid(), "not-a-session".into(), "%20".into()] {
+        let (status, r) = app.end_session(user.access(), &id).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{id}");
+        r.unwrap().err(404, "not_found");
+    }
+}
+
+#[tokio::test]
+async fn another_users_session_is_not_found_and_stays_alive() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let stranger = app.user().await;
+    let (status, r) = app.end_session(user.access(), stranger.sid()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    r.unwrap().err(404, "not_found");
+    app.session(stranger.access()).await.ok();
+    app.refresh(stranger.refresh()).await.ok();
+    app.get("/v1/auth/sessions", None)
+        .await
+        .err(401, "invalid_token");
+}
+
+#[tokio::test]
+async fn revoke_others_keeps_only_the_calling_session() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let others = [
+        another_device(&app, &user, "a").await,
+        another_device(&app, &user, "b").await,
+    ];
+    let stranger = app.user().await;
+    let r = app
+        .form("/v1/auth/sessions/revoke-others", "", Some(user.access()))
+        .await;
+    assert_eq!(r.ok(), &json!({"revoked": 2}));
+    for t in &others {
+        app.session(t["access_token"].as_str().unwrap())
+            .await
+            .unauthorized();
+    }
+    app.session(user.access()).await.ok();
+    app.session(stranger.access()).await.ok();
+    let r = app
+        .form("/v1/auth/sessions/revoke-others", "", Some(user.access()))
+        .await;
+    assert_eq!(r.ok(), &json!({"revoked": 0}));
+}
