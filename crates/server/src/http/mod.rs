@@ -2,6 +2,7 @@
 //! every request goes through (request id + one log line, panic catcher,
 //! protocol error bodies for anything the framework would answer itself).
 
+mod account;
 mod authed;
 mod devices;
 mod events;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::router())
         .merge(tokens::router())
         .merge(devices::router())
+        .merge(account::router())
         .merge(sync::router())
         .merge(events::router())
         .merge(notes::router())

@@ -283,3 +283,108 @@ async fn revoke_others_keeps_only_the_calling_session() {
         .await;
     assert_eq!(r.ok(), &json!({"revoked": 0}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_leaves_only_the_changing_session_alive() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let others = [
+        another_device(&app, &user, "a").await,
+        another_device(&app, &user, "b").await,
+    ];
+    let stranger = app.user().await;
+    let home = ip(1);
+    let r = app
+        .change_password_from(home, user.access(), &user.password, "a new secret")
+        .await;
+    assert_eq!(r.ok(), &json!({"revoked": 2}));
+    for t in &others {
+        let r = app.session(t["access_token"].as_str().unwrap()).await;
+        r.unauthorized();
+        assert_reason(&r.body, "invalid_token", "revoked");
+        app.refresh(t["refresh_token"].as_str().unwrap())
+            .await
+            .err(400, "invalid_grant");
+    }
+    app.session(user.access()).await.ok();
+    app.refresh(user.refresh()).await.ok();
+    app.session(stranger.access()).await.ok();
+    // The new password signs in; the old one no longer does.
+    app.login_as(&user.name, &user.password)
+        .await
+        .err(400, "invalid_grant");
+    app.login_as(&user.name, "a new secret").await.ok();
+}
+
+#[tokio::test]
+async fn a_new_password_must_be_8_characters_to_1024_bytes() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let other = another_device(&app, &user, "a").await;
+    for bad in ["1234567".to_owned(), "x".repeat(1025), "é".repeat(513)] {
+        app.change_password_from(ip(1), user.access(), &user.password, &bad)
+            .await
+            .err(400, "invalid_request");
+    }
+    // Eight characters (not bytes), and exactly 1024 bytes, are allowed.
+    app.change_password_from(ip(1), user.access(), &user.password, "éééééééé")
+        .await
+        .ok();
+    app.change_password_from(ip(1), user.access(), "éééééééé", &"y".repeat(1024))
+        .await
+        .ok();
+    app.session(other["access_token"].as_str().unwrap())
+        .await
+        .unauthorized();
+    // Malformed bodies and no token.
+    let bad_json = request(
+        Method::POST,
+        "/v1/account/password",
+        Some(JSON),
+        Body::from(r#"{"current_password": 5}"#),
+        Some(user.access()),
+    );
+    app.call(bad_json).await.err(400, "invalid_request");
+    let form = request(
+        Method::POST,
+        "/v1/account/password",
+        Some(FORM),
+        Body::from("current_password=x&new_password=y"),
+        Some(user.access()),
+    );
+    app.call(form).await.err(415, "invalid_request");
+    let r = app
+        .change_password_from(ip(1), "not.a.token", &user.password, "a new secret")
+        .await;
+    r.unauthorized();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_current_password_counts_as_a_failed_login() {
+    let app = App::new().await;
+    let user = app.user().await;
+    let other = another_device(&app, &user, "a").await;
+    let attacker = ip(7);
+    for _ in 0..10 {
+        let r = app
+            .change_password_from(attacker, user.access(), "wrong", "a new secret")
+            .await;
+        r.err(400, "invalid_grant");
+    }
+    let r = app
+        .change_password_from(attacker, user.access(), &user.password, "a new secret")
+        .await;
+    r.err(429, "slow_down");
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&after), "{after}");
+    // Sign-ins of that user from that address are slowed down too...
+    let sign_in = sign_in_request(&user.name, &user.password);
+    app.call_from(attacker, sign_in).await.err(429, "slow_down");
+    // ...and nothing was changed or revoked.
+    app.session(other["access_token"].as_str().unwrap())
+        .await
+        .ok();
+    app.call_from(ip(8), sign_in_request(&user.name, &user.password))
+        .await
+        .ok();
+}
