@@ -174,10 +174,38 @@ pub enum UserCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Set a user's password (8 characters to 1024 bytes) and revoke every
+    /// session of theirs. Prompts for it unless --password-stdin.
+    Passwd {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Delete a user with all their notes, history and sessions, for good.
+    Delete {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        /// Confirm the deletion (nothing is deleted without it).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
+    /// List a user's live sessions: device, created, last seen, id.
+    List {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Revoke every session of a user (a running server notices within 1 s).
     Revoke {
         #[arg(long, env = "LATCHKEY_USERNAME")]

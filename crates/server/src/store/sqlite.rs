@@ -1387,7 +1387,8 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         c.execute_batch(
             "DROP TABLE note_versions; DROP INDEX users_change_seq; \
-             ALTER TABLE users DROP COLUMN change_seq; PRAGMA user_version = 3;",
+             ALTER TABLE users DROP COLUMN change_seq; ALTER TABLE sessions DROP COLUMN device_name; \
+             ALTER TABLE sessions DROP COLUMN last_seen_at; PRAGMA user_version = 3;",
         )
         .unwrap();
         drop(c);
@@ -1418,6 +1419,38 @@ mod tests {
 
     /// Pushes are numbered in commit order across users, and a push that
     /// moves no rev (a duplicate) is not a change.
+    #[tokio::test]
+    async fn a_version_4_session_gains_no_device_and_was_last_seen_when_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        store
+            .create_session(&user, "sid", [7; 32], Some("laptop"), 100, 10_000)
+            .await
+            .unwrap();
+        drop(store);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "ALTER TABLE sessions DROP COLUMN device_name; \
+             ALTER TABLE sessions DROP COLUMN last_seen_at; PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let listed = store.live_sessions(&user.id, 200).await.unwrap();
+        assert_eq!(
+            listed,
+            [SessionListing {
+                id: "sid".into(),
+                device_name: None,
+                created_at: 100,
+                last_seen_at: 100,
+            }]
+        );
+    }
+
     #[tokio::test]
     async fn rev_changes_come_in_commit_order_with_the_latest_rev() {
         let dir = tempfile::tempdir().unwrap();
@@ -1517,7 +1550,8 @@ mod tests {
              result TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (user_id, op_id)) \
              WITHOUT ROWID; ALTER TABLE refresh_tokens DROP COLUMN retired_at; \
              DROP TABLE note_versions; DROP INDEX users_change_seq; \
-             ALTER TABLE users DROP COLUMN change_seq; PRAGMA user_version = 1;",
+             ALTER TABLE users DROP COLUMN change_seq; ALTER TABLE sessions DROP COLUMN device_name; \
+             ALTER TABLE sessions DROP COLUMN last_seen_at; PRAGMA user_version = 1;",
         )
         .unwrap();
         for r in &first.results {
