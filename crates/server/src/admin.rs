@@ -7,7 +7,7 @@ use std::io::{BufRead as _, IsTerminal as _};
 use latchkey_protocol::{Reason, password_length_problem};
 
 use crate::auth::password::hash_password;
-use crate::cli::{KeysCommand, SessionCommand, UserCommand};
+use crate::cli::{KeysCommand, PasswordArgs, SessionCommand, UserCommand};
 use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::store::{self, Store as _};
@@ -78,11 +78,11 @@ fn readable(secs: i64) -> String {
 /// `user add`, `user list`, `user passwd` and `user delete`.
 pub async fn user(cmd: UserCommand) -> Result<()> {
     match cmd {
-        UserCommand::Add {
+        UserCommand::Add(PasswordArgs {
             username,
             password_stdin,
             db,
-        } => {
+        }) => {
             check_username(&username)?;
             let password = read_password(password_stdin)?;
             check_password(&password)?;
@@ -99,11 +99,11 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
                 say(&mut out, format_args!("{}\t{}", user.username, user.id))?;
             }
         }
-        UserCommand::Passwd {
+        UserCommand::Passwd(PasswordArgs {
             username,
             password_stdin,
             db,
-        } => {
+        }) => {
             let store = store::open(&db.db).await?;
             let user = store
                 .find_user(&username)

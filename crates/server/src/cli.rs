@@ -157,18 +157,22 @@ impl ServeArgs {
     }
 }
 
+/// A user and where their new password comes from.
+#[derive(Debug, Clone, Args)]
+pub struct PasswordArgs {
+    #[arg(long, env = "LATCHKEY_USERNAME")]
+    pub username: String,
+    /// Read the password from the first line of standard input.
+    #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Add a user. Prompts for the password unless --password-stdin.
-    Add {
-        #[arg(long, env = "LATCHKEY_USERNAME")]
-        username: String,
-        /// Read the password from the first line of standard input.
-        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
-        password_stdin: bool,
-        #[command(flatten)]
-        db: DbArg,
-    },
+    Add(PasswordArgs),
     /// List users.
     List {
         #[command(flatten)]
@@ -176,15 +180,7 @@ pub enum UserCommand {
     },
     /// Set a user's password (8 characters to 1024 bytes) and revoke every
     /// session of theirs. Prompts for it unless --password-stdin.
-    Passwd {
-        #[arg(long, env = "LATCHKEY_USERNAME")]
-        username: String,
-        /// Read the password from the first line of standard input.
-        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
-        password_stdin: bool,
-        #[command(flatten)]
-        db: DbArg,
-    },
+    Passwd(PasswordArgs),
     /// Delete a user with all their notes, history and sessions, for good.
     Delete {
         #[arg(long, env = "LATCHKEY_USERNAME")]

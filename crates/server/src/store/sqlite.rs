@@ -394,6 +394,17 @@ fn touch(tx: &Transaction<'_>, session_id: &str, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// The id of the user named `username`, if there is one.
+fn user_id_of(tx: &Transaction<'_>, username: &str) -> Result<Option<String>> {
+    Ok(tx
+        .query_row(
+            "SELECT id FROM users WHERE username = ?1",
+            [username],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Revokes every live session of `user_id` but `keep`; returns their ids.
 fn revoke_all_but(
     tx: &Transaction<'_>,
@@ -926,14 +937,7 @@ impl Store for SqliteStore {
     async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>> {
         let username = username.to_owned();
         self.write(move |tx| {
-            let user_id: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM users WHERE username = ?1",
-                    [username],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(user_id) = user_id else {
+            let Some(user_id) = user_id_of(tx, &username)? else {
                 return Ok(None);
             };
             let sids: Vec<String> = tx
@@ -1028,14 +1032,7 @@ impl Store for SqliteStore {
     async fn delete_user(&self, username: &str, now: i64) -> Result<Option<DeletedUser>> {
         let username = username.to_owned();
         self.write(move |tx| {
-            let user_id: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM users WHERE username = ?1",
-                    [username],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(user_id) = user_id else {
+            let Some(user_id) = user_id_of(tx, &username)? else {
                 return Ok(None);
             };
             // Revoked first, so that every server learns of it (the

@@ -84,6 +84,17 @@ async fn another_device(app: &App, user: &User, device: &str) -> Value {
         .clone()
 }
 
+/// A user signed in on three devices (the two others' token answers), and
+/// another user.
+async fn three_devices_and_a_stranger(app: &App) -> (User, [Value; 2], User) {
+    let user = app.user().await;
+    let others = [
+        another_device(app, &user, "a").await,
+        another_device(app, &user, "b").await,
+    ];
+    (user, others, app.user().await)
+}
+
 fn ids(list: &Value) -> Vec<&str> {
     list["sessions"]
         .as_array()
@@ -261,12 +272,7 @@ async fn another_users_session_is_not_found_and_stays_alive() {
 #[tokio::test]
 async fn revoke_others_keeps_only_the_calling_session() {
     let app = App::new().await;
-    let user = app.user().await;
-    let others = [
-        another_device(&app, &user, "a").await,
-        another_device(&app, &user, "b").await,
-    ];
-    let stranger = app.user().await;
+    let (user, others, stranger) = three_devices_and_a_stranger(&app).await;
     let r = app
         .form("/v1/auth/sessions/revoke-others", "", Some(user.access()))
         .await;
@@ -287,12 +293,7 @@ async fn revoke_others_keeps_only_the_calling_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_leaves_only_the_changing_session_alive() {
     let app = App::new().await;
-    let user = app.user().await;
-    let others = [
-        another_device(&app, &user, "a").await,
-        another_device(&app, &user, "b").await,
-    ];
-    let stranger = app.user().await;
+    let (user, others, stranger) = three_devices_and_a_stranger(&app).await;
     let home = ip(1);
     let r = app
         .change_password_from(home, user.access(), &user.password, "a new secret")
