@@ -42,6 +42,65 @@ pub struct SessionInfo {
     pub refresh_expires_at: i64,
 }
 
+/// The most Unicode characters a password grant's `device_name` may have.
+pub const MAX_DEVICE_NAME_CHARS: usize = 64;
+/// The fewest characters a new password may have.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// The most bytes (UTF-8) a password may have.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// One live session of the user, in `GET /v1/auth/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub session_id: String,
+    /// What the device called itself at sign-in, if it said.
+    pub device_name: Option<String>,
+    pub created_at: i64,
+    /// The last refresh or session check (moved at most once a minute).
+    pub last_seen_at: i64,
+    /// True for the session of the token that asked.
+    pub current: bool,
+}
+
+/// 200 answer of `GET /v1/auth/sessions`: most recently seen first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsResponse {
+    pub sessions: Vec<SessionSummary>,
+}
+
+/// 200 answer of `POST /v1/auth/sessions/revoke-others` and
+/// `POST /v1/account/password`: how many sessions were revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCount {
+    pub revoked: u64,
+}
+
+/// Body of `POST /v1/account/password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordChange {
+    #[serde(serialize_with = "secret::expose")]
+    pub current_password: SecretString,
+    #[serde(serialize_with = "secret::expose")]
+    pub new_password: SecretString,
+}
+
+/// Why a new password is refused, or None if its length is allowed:
+/// at least [`MIN_PASSWORD_CHARS`] characters, at most
+/// [`MAX_PASSWORD_BYTES`] bytes.
+pub fn password_length_problem(password: &str) -> Option<String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        Some(format!(
+            "the new password must be at least {MIN_PASSWORD_CHARS} characters long"
+        ))
+    } else if password.len() > MAX_PASSWORD_BYTES {
+        Some(format!(
+            "the new password may be at most {MAX_PASSWORD_BYTES} bytes long"
+        ))
+    } else {
+        None
+    }
+}
+
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerMetadata {

@@ -11,7 +11,11 @@ pub mod secret;
 pub mod sync;
 pub mod token;
 
-pub use auth::{Jwk, Jwks, ServerMetadata, SessionInfo, TokenResponse, UserInfo};
+pub use auth::{
+    Jwk, Jwks, MAX_DEVICE_NAME_CHARS, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, PasswordChange,
+    RevokedCount, ServerMetadata, SessionInfo, SessionSummary, SessionsResponse, TokenResponse,
+    UserInfo, password_length_problem,
+};
 pub use error::{ErrorBody, ErrorCode, Reason};
 pub use secret::{ExposeSecret, SecretString};
 pub use sync::{

@@ -47,4 +47,20 @@ mod tests {
         assert_eq!(back.refresh_token.expose_secret(), "refresh-secret-42");
         assert_eq!(back.access_token.expose_secret(), "eyJ.access.sig");
     }
+
+    #[test]
+    fn a_password_change_keeps_its_passwords_out_of_debug() {
+        let change: crate::PasswordChange =
+            serde_json::from_str(r#"{"current_password":"old-pw-1","new_password":"new-pw-2"}"#)
+                .unwrap();
+        let shown = format!("{change:?}");
+        assert!(
+            !shown.contains("old-pw-1") && !shown.contains("new-pw-2"),
+            "{shown}"
+        );
+        assert_eq!(change.new_password.expose_secret(), "new-pw-2");
+        assert!(crate::password_length_problem("1234567").is_some());
+        assert!(crate::password_length_problem("12345678").is_none());
+        assert!(crate::password_length_problem(&"é".repeat(513)).is_some());
+    }
 }

@@ -1,12 +1,13 @@
-//! The administrative subcommands: `user add`, `user list`, `session
-//! revoke` and `keys rotate`, each run against the database and done.
+//! The administrative subcommands: `user add`, `user list`, `user passwd`,
+//! `user delete`, `session list`, `session revoke` and `keys rotate`, each
+//! run against the database and done.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{BufRead as _, IsTerminal as _};
 
-use latchkey_protocol::Reason;
+use latchkey_protocol::{Reason, password_length_problem};
 
 use crate::auth::password::hash_password;
-use crate::cli::{KeysCommand, SessionCommand, UserCommand};
+use crate::cli::{KeysCommand, PasswordArgs, SessionCommand, UserCommand};
 use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::store::{self, Store as _};
@@ -62,14 +63,26 @@ fn read_password(from_stdin: bool) -> Result<String> {
     Ok(first)
 }
 
-/// `user add` and `user list`.
+/// Writes `line` to standard output.
+fn say(out: &mut impl std::io::Write, line: std::fmt::Arguments<'_>) -> Result<()> {
+    writeln!(out, "{line}").map_err(Error::io("cannot write to standard output"))
+}
+
+/// Unix seconds as a UTC time a person reads (`2026-12-03 12:43:50 UTC`).
+fn readable(secs: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    let rfc = humantime::format_rfc3339_seconds(at).to_string();
+    format!("{} UTC", rfc.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// `user add`, `user list`, `user passwd` and `user delete`.
 pub async fn user(cmd: UserCommand) -> Result<()> {
     match cmd {
-        UserCommand::Add {
+        UserCommand::Add(PasswordArgs {
             username,
             password_stdin,
             db,
-        } => {
+        }) => {
             check_username(&username)?;
             let password = read_password(password_stdin)?;
             check_password(&password)?;
@@ -83,21 +96,82 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
             let store = store::open(&db.db).await?;
             let mut out = std::io::stdout().lock();
             for user in store.list_users().await? {
-                writeln!(out, "{}\t{}", user.username, user.id)
-                    .map_err(Error::io("cannot write to standard output"))?;
+                say(&mut out, format_args!("{}\t{}", user.username, user.id))?;
             }
+        }
+        UserCommand::Passwd(PasswordArgs {
+            username,
+            password_stdin,
+            db,
+        }) => {
+            let store = store::open(&db.db).await?;
+            let user = store
+                .find_user(&username)
+                .await?
+                .ok_or_else(|| Error::NoSuchUser(username.clone()))?;
+            let password = read_password(password_stdin)?;
+            if let Some(problem) = password_length_problem(&password) {
+                return Err(Error::Invalid(problem));
+            }
+            let hash = hash_password(password).await?;
+            let revoked = store.replace_password(&user.id, &hash, None, now()).await?;
+            println!(
+                "changed the password of {username}; revoked {} session(s)",
+                revoked.len()
+            );
+        }
+        UserCommand::Delete { username, yes, db } => {
+            if !yes {
+                return Err(Error::Invalid(format!(
+                    "deleting {username:?} removes all their notes and sessions for good; \
+                     add --yes to do it"
+                )));
+            }
+            let store = store::open(&db.db).await?;
+            let Some(gone) = store.delete_user(&username, now()).await? else {
+                return Err(Error::NoSuchUser(username));
+            };
+            println!(
+                "deleted user {username}: {} note(s), {} earlier version(s), {} op result(s), \
+                 {} session(s)",
+                gone.notes, gone.versions, gone.op_results, gone.sessions
+            );
         }
     }
     Ok(())
 }
 
-/// `session revoke`: ends every session of a user.
+/// `session list`: a user's live sessions; `session revoke`: ends every
+/// session of a user.
 pub async fn session(cmd: SessionCommand) -> Result<()> {
-    let SessionCommand::Revoke { username, db } = cmd;
-    let store = store::open(&db.db).await?;
-    match store.revoke_user(&username, Reason::Revoked, now()).await? {
-        None => return Err(Error::NoSuchUser(username)),
-        Some(n) => println!("revoked {n} session(s) of {username}"),
+    match cmd {
+        SessionCommand::List { username, db } => {
+            let store = store::open(&db.db).await?;
+            let user = store
+                .find_user(&username)
+                .await?
+                .ok_or(Error::NoSuchUser(username))?;
+            let mut out = std::io::stdout().lock();
+            for s in store.live_sessions(&user.id, now()).await? {
+                let device = s.device_name.as_deref().unwrap_or("(unnamed device)");
+                say(
+                    &mut out,
+                    format_args!(
+                        "{device}\tcreated {}\tlast seen {}\t{}",
+                        readable(s.created_at),
+                        readable(s.last_seen_at),
+                        s.id
+                    ),
+                )?;
+            }
+        }
+        SessionCommand::Revoke { username, db } => {
+            let store = store::open(&db.db).await?;
+            match store.revoke_user(&username, Reason::Revoked, now()).await? {
+                None => return Err(Error::NoSuchUser(username)),
+                Some(n) => println!("revoked {n} session(s) of {username}"),
+            }
+        }
     }
     Ok(())
 }

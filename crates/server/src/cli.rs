@@ -157,20 +157,37 @@ impl ServeArgs {
     }
 }
 
+/// A user and where their new password comes from.
+#[derive(Debug, Clone, Args)]
+pub struct PasswordArgs {
+    #[arg(long, env = "LATCHKEY_USERNAME")]
+    pub username: String,
+    /// Read the password from the first line of standard input.
+    #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub db: DbArg,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Add a user. Prompts for the password unless --password-stdin.
-    Add {
-        #[arg(long, env = "LATCHKEY_USERNAME")]
-        username: String,
-        /// Read the password from the first line of standard input.
-        #[arg(long, env = "LATCHKEY_PASSWORD_STDIN", value_parser = BoolishValueParser::new())]
-        password_stdin: bool,
+    Add(PasswordArgs),
+    /// List users.
+    List {
         #[command(flatten)]
         db: DbArg,
     },
-    /// List users.
-    List {
+    /// Set a user's password (8 characters to 1024 bytes) and revoke every
+    /// session of theirs. Prompts for it unless --password-stdin.
+    Passwd(PasswordArgs),
+    /// Delete a user with all their notes, history and sessions, for good.
+    Delete {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        /// Confirm the deletion (nothing is deleted without it).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         db: DbArg,
     },
@@ -178,6 +195,13 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
+    /// List a user's live sessions: device, created, last seen, id.
+    List {
+        #[arg(long, env = "LATCHKEY_USERNAME")]
+        username: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Revoke every session of a user (a running server notices within 1 s).
     Revoke {
         #[arg(long, env = "LATCHKEY_USERNAME")]

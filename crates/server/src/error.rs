@@ -133,6 +133,10 @@ pub enum AppError {
     /// not an id at all): answered alike, so nobody learns of another's notes.
     #[error("no such note")]
     NoteNotFound,
+    /// A session id that names no live session of the user (none exists,
+    /// it ended, another user's, or not an id at all): answered alike.
+    #[error("no such session")]
+    SessionNotFound,
     /// The route does not take this method.
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
@@ -172,7 +176,9 @@ impl AppError {
             AppError::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::CursorAhead { .. } => StatusCode::CONFLICT,
             AppError::TemporarilyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::NotFound | AppError::NoteNotFound => StatusCode::NOT_FOUND,
+            AppError::NotFound | AppError::NoteNotFound | AppError::SessionNotFound => {
+                StatusCode::NOT_FOUND
+            }
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Internal(_) | AppError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -190,7 +196,9 @@ impl AppError {
             AppError::SlowDown { .. } => ErrorCode::SlowDown,
             AppError::CursorAhead { .. } => ErrorCode::CursorAhead,
             AppError::TemporarilyUnavailable { .. } => ErrorCode::TemporarilyUnavailable,
-            AppError::NotFound | AppError::NoteNotFound => ErrorCode::NotFound,
+            AppError::NotFound | AppError::NoteNotFound | AppError::SessionNotFound => {
+                ErrorCode::NotFound
+            }
             AppError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             AppError::Internal(_) | AppError::Panicked => ErrorCode::ServerError,
         }

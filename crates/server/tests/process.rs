@@ -1134,6 +1134,109 @@ async fn sigterm_stops_the_server_cleanly() {
 
 // ---------------------------------------------------------------- the CLI
 
+#[tokio::test]
+async fn cli_session_list_user_passwd_and_user_delete() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let (other, other_pw) = env.add_user();
+    let srv = env.start(&[]);
+    let laptop = srv
+        .form(
+            "/v1/auth/token",
+            &[
+                ("grant_type", "password"),
+                ("username", &name),
+                ("password", &pw),
+                ("device_name", "Ann's laptop"),
+            ],
+            None,
+        )
+        .await
+        .ok()
+        .clone();
+    let plain = srv.login(&name, &pw).await.ok().clone();
+    let o = srv.login(&other, &other_pw).await.ok().clone();
+    srv.push_ok(
+        &s(&o, "access_token"),
+        vec![upsert(&uuid(), &uuid(), 0, "t", "b")],
+    )
+    .await;
+
+    let out = env.cli(&["session", "list", "--username", &name], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list = text(&out.stdout);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let line = list
+        .lines()
+        .find(|l| l.contains(&s(&laptop, "session_id")))
+        .expect("the laptop's session");
+    assert!(line.starts_with("Ann's laptop\tcreated 20"), "{line}");
+    assert!(line.contains(" UTC\tlast seen 20"), "{line}");
+    assert!(list.contains(&s(&plain, "session_id")), "{list}");
+
+    // A new password: every session revoked, the old password refused.
+    let out = env.cli(
+        &["user", "passwd", "--username", &name, "--password-stdin"],
+        Some("a whole new password\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("revoked 2 session(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (srv_, at) = (&srv, s(&laptop, "access_token"));
+    let at_ = &at;
+    poll_until(Duration::from_secs(5), || async move {
+        (srv_.session(at_).await.status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await
+    .expect("the passwd revocation never took effect");
+    srv.refresh(&s(&plain, "refresh_token"))
+        .await
+        .err(400, "invalid_grant");
+    srv.login(&name, &pw).await.err(400, "invalid_grant");
+    srv.login(&name, "a whole new password").await.ok();
+    let out = env.cli(&["session", "list", "--username", &name], None);
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+    for (args, stdin) in [
+        (
+            vec!["user", "passwd", "--username", &name, "--password-stdin"],
+            "short\n",
+        ),
+        (
+            vec!["user", "passwd", "--username", "ghost", "--password-stdin"],
+            "long enough\n",
+        ),
+        (vec!["session", "list", "--username", "ghost"], ""),
+        (vec!["user", "delete", "--username", &other], ""),
+        (vec!["user", "delete", "--username", "ghost", "--yes"], ""),
+    ] {
+        let err = assert_clean_failure(&env.cli(&args, Some(stdin)), &format!("{args:?}"));
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    // Refused without --yes: the user is still there.
+    srv.session(&s(&o, "access_token")).await.ok();
+
+    let out = env.cli(&["user", "delete", "--username", &other, "--yes"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("1 note(s)") && said.contains("1 session(s)"),
+        "{said}"
+    );
+    let at = s(&o, "access_token");
+    let at_ = &at;
+    poll_until(Duration::from_secs(5), || async move {
+        (srv_.session(at_).await.status == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await
+    .expect("the deleted user's session still works");
+    srv.login(&other, &other_pw).await.err(400, "invalid_grant");
+    let users = text(&env.cli(&["user", "list"], None).stdout);
+    assert!(!users.contains(&other) && users.contains(&name), "{users}");
+}
+
 #[test]
 fn cli_user_add_and_list() {
     let env = Env::new();

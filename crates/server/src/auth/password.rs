@@ -104,6 +104,19 @@ impl HashSlot {
     }
 }
 
+impl HashSlot {
+    /// Hashes a new `password` with Argon2id, holding the place in the
+    /// queue and a hashing permit until done, like [`HashSlot::verify`].
+    pub async fn hash(self, password: String) -> Result<String> {
+        let permit = self.permits.clone().acquire_owned().await?;
+        tokio::task::spawn_blocking(move || {
+            let _held = (permit, self);
+            hash_password_blocking(&password)
+        })
+        .await?
+    }
+}
+
 /// An Argon2id PHC string for `password` (blocking: call off the runtime).
 pub fn hash_password_blocking(password: &str) -> Result<String> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);

@@ -2,7 +2,9 @@
 //! every request goes through (request id + one log line, panic catcher,
 //! protocol error bodies for anything the framework would answer itself).
 
+mod account;
 mod authed;
+mod devices;
 mod events;
 mod extract;
 mod meta;
@@ -33,6 +35,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(meta::router())
         .merge(tokens::router())
+        .merge(devices::router())
+        .merge(account::router())
         .merge(sync::router())
         .merge(events::router())
         .merge(notes::router())

@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use latchkey_protocol::{Reason, SessionInfo, TokenResponse, UserInfo};
+use latchkey_protocol::{MAX_DEVICE_NAME_CHARS, Reason, SessionInfo, TokenResponse, UserInfo};
 
 use super::Authed;
 use super::extract::{ClientIp, Form};
@@ -39,6 +39,8 @@ pub enum Grant<'a> {
     Password {
         username: &'a str,
         password: &'a str,
+        /// What the device calls itself, for the session list.
+        device_name: Option<&'a str>,
     },
     Refresh {
         refresh_token: &'a str,
@@ -53,6 +55,7 @@ impl<'a> Grant<'a> {
                 password: form.get("password").ok_or_else(|| {
                     AppError::InvalidRequest("the field password is missing".into())
                 })?,
+                device_name: device_name(form)?,
             }),
             "refresh_token" => Ok(Grant::Refresh {
                 refresh_token: form.require("refresh_token")?,
@@ -67,6 +70,18 @@ impl<'a> Grant<'a> {
     }
 }
 
+/// The optional `device_name` of a password grant; an empty one is none.
+fn device_name(form: &Form) -> AppResult<Option<&str>> {
+    match form.get("device_name").filter(|n| !n.is_empty()) {
+        Some(name) if name.chars().count() > MAX_DEVICE_NAME_CHARS => {
+            Err(AppError::InvalidRequest(format!(
+                "device_name may be at most {MAX_DEVICE_NAME_CHARS} characters long"
+            )))
+        }
+        name => Ok(name),
+    }
+}
+
 async fn token(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -74,9 +89,11 @@ async fn token(
 ) -> AppResult<impl IntoResponse> {
     let now = crate::clock::now();
     let answer = match Grant::from_form(&form)? {
-        Grant::Password { username, password } => {
-            password_grant(&state, username, password, ip, now).await?
-        }
+        Grant::Password {
+            username,
+            password,
+            device_name,
+        } => password_grant(&state, username, password, device_name, ip, now).await?,
         Grant::Refresh { refresh_token } => refresh_grant(&state, refresh_token, now).await?,
     };
     Ok(no_store(answer))
@@ -113,6 +130,7 @@ async fn password_grant(
     state: &AppState,
     username: &str,
     password: &str,
+    device_name: Option<&str>,
     ip: std::net::IpAddr,
     now: i64,
 ) -> AppResult<TokenResponse> {
@@ -148,7 +166,14 @@ async fn password_grant(
     let expires_at = now + state.settings.refresh_ttl as i64;
     let session = state
         .store
-        .create_session(&user, &sid, token_hash(&refresh_token), now, expires_at)
+        .create_session(
+            &user,
+            &sid,
+            token_hash(&refresh_token),
+            device_name,
+            now,
+            expires_at,
+        )
         .await?;
     state.sessions.insert(session.clone());
     Ok(token_response(state, &session, refresh_token, now))
@@ -229,8 +254,13 @@ async fn revoke(State(state): State<AppState>, req: Request) -> AppResult<impl I
     Ok(Json(serde_json::json!({})))
 }
 
-async fn session(authed: Authed) -> Json<SessionInfo> {
-    Json(SessionInfo {
+/// The reconnect check; it also marks the session as seen.
+async fn session(State(state): State<AppState>, authed: Authed) -> AppResult<Json<SessionInfo>> {
+    state
+        .store
+        .touch_session(&authed.session.id, crate::clock::now())
+        .await?;
+    Ok(Json(SessionInfo {
         session_id: authed.session.id,
         user: UserInfo {
             id: authed.session.user_id,
@@ -238,5 +268,5 @@ async fn session(authed: Authed) -> Json<SessionInfo> {
         },
         expires_at: authed.claims.exp,
         refresh_expires_at: authed.session.expires_at,
-    })
+    }))
 }

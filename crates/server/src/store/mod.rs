@@ -66,6 +66,28 @@ pub struct SessionRecord {
     pub revoked: Option<Reason>,
 }
 
+/// A live session as the session list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionListing {
+    pub id: String,
+    pub device_name: Option<String>,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+}
+
+/// What `user delete` removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedUser {
+    pub notes: usize,
+    /// Kept earlier versions of notes (history).
+    pub versions: usize,
+    pub op_results: usize,
+    pub sessions: usize,
+}
+
+/// A session's `last_seen_at` moves at most this often, in seconds.
+pub const LAST_SEEN_STEP_SECS: i64 = 60;
+
 /// An Ed25519 signing key as stored.
 #[derive(Clone)]
 pub struct KeyRecord {
@@ -211,12 +233,14 @@ pub trait Store: Send + Sync + 'static {
     async fn find_user(&self, username: &str) -> Result<Option<UserRecord>>;
     async fn list_users(&self) -> Result<Vec<UserRecord>>;
 
-    /// A new session with its first refresh token.
+    /// A new session with its first refresh token, signed in from the
+    /// device that called itself `device_name`.
     async fn create_session(
         &self,
         user: &UserRecord,
         session_id: &str,
         refresh: TokenHash,
+        device_name: Option<&str>,
         now: i64,
         expires_at: i64,
     ) -> Result<SessionRecord>;
@@ -235,6 +259,34 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_by_refresh(&self, token: TokenHash, now: i64) -> Result<Option<String>>;
     /// Revokes every live session of a user; None if there is no such user.
     async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>>;
+    /// Moves the session's `last_seen_at` to `now`, unless it moved within
+    /// [`LAST_SEEN_STEP_SECS`]. (A refresh moves it by itself.)
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()>;
+    /// The user's sessions neither revoked nor expired, most recently seen
+    /// first.
+    async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>>;
+    /// Revokes `session_id` if it is a live session of `user_id`; true if
+    /// it was (and nothing is revoked otherwise).
+    async fn revoke_own_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<bool>;
+    /// Revokes every live session of `user_id` but `keep`; returns their ids.
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: i64,
+    ) -> Result<Vec<String>>;
+    /// Replaces the user's password hash and, in the same transaction,
+    /// revokes every live session of theirs but `keep`; returns their ids.
+    async fn replace_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        keep: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>>;
+    /// Deletes a user with their notes, history, op results and sessions
+    /// (revoking those first); None if there is no such user.
+    async fn delete_user(&self, username: &str, now: i64) -> Result<Option<DeletedUser>>;
     /// Revocations after `seq`, oldest first.
     async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>>;
     /// The newest revocation's `seq` (0 if none).

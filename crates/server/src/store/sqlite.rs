@@ -20,9 +20,9 @@ use rusqlite::{
 use uuid::Uuid;
 
 use super::{
-    HISTORY_ANSWER_BYTES, KeyRecord, PullOutcome, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome,
-    Result, RevChange, Revocation, ServerNoteBudget, SessionRecord, Store, StoreError, TokenHash,
-    UserRecord,
+    DeletedUser, HISTORY_ANSWER_BYTES, KeyRecord, LAST_SEEN_STEP_SECS, PullOutcome,
+    REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, RevChange, Revocation, ServerNoteBudget,
+    SessionListing, SessionRecord, Store, StoreError, TokenHash, UserRecord,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
@@ -132,6 +132,13 @@ CREATE TABLE note_versions (
 CREATE UNIQUE INDEX note_versions_note ON note_versions(user_id, note_id, rev);
 ALTER TABLE users ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX users_change_seq ON users(change_seq);
+"#,
+    // v1.1: devices and sessions. A session from before knows no device,
+    // and was last seen when it began.
+    r#"
+ALTER TABLE sessions ADD COLUMN device_name TEXT;
+ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER NOT NULL DEFAULT 0;
+UPDATE sessions SET last_seen_at = created_at;
 "#,
 ];
 
@@ -375,6 +382,48 @@ fn revoke(tx: &Transaction<'_>, session_id: &str, reason: Reason, now: i64) -> R
         )?;
     }
     Ok(changed > 0)
+}
+
+/// Moves a session's `last_seen_at` to `now`, unless it moved less than
+/// [`LAST_SEEN_STEP_SECS`] ago.
+fn touch(tx: &Transaction<'_>, session_id: &str, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1 AND last_seen_at < ?2 - ?3",
+        params![session_id, now, LAST_SEEN_STEP_SECS],
+    )?;
+    Ok(())
+}
+
+/// The id of the user named `username`, if there is one.
+fn user_id_of(tx: &Transaction<'_>, username: &str) -> Result<Option<String>> {
+    Ok(tx
+        .query_row(
+            "SELECT id FROM users WHERE username = ?1",
+            [username],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Revokes every live session of `user_id` but `keep`; returns their ids.
+fn revoke_all_but(
+    tx: &Transaction<'_>,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: Reason,
+    now: i64,
+) -> Result<Vec<String>> {
+    let sids: Vec<String> = tx
+        .prepare(
+            "SELECT id FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
+             AND expires_at > ?2 AND id IS NOT ?3",
+        )?
+        .query_map(params![user_id, now, keep], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for sid in &sids {
+        revoke(tx, sid, reason, now)?;
+    }
+    Ok(sids)
 }
 
 fn load_note(tx: &Transaction<'_>, user_id: &str, note_id: &str) -> Result<Option<Change>> {
@@ -703,6 +752,7 @@ fn rotate_refresh(
         "INSERT INTO refresh_tokens (hash, session_id, parent, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![&next[..], sid, &presented[..], now],
     )?;
+    touch(tx, &sid, now)?;
     Ok(RefreshOutcome::Rotated(session))
 }
 
@@ -817,9 +867,11 @@ impl Store for SqliteStore {
         user: &UserRecord,
         session_id: &str,
         refresh: TokenHash,
+        device_name: Option<&str>,
         now: i64,
         expires_at: i64,
     ) -> Result<SessionRecord> {
+        let device_name = device_name.map(str::to_owned);
         let record = SessionRecord {
             id: session_id.to_owned(),
             user_id: user.id.clone(),
@@ -831,8 +883,9 @@ impl Store for SqliteStore {
         let r = record.clone();
         self.write(move |tx| {
             tx.execute(
-                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![r.id, r.user_id, r.created_at, r.expires_at],
+                "INSERT INTO sessions (id, user_id, created_at, expires_at, device_name, \
+                 last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
+                params![r.id, r.user_id, r.created_at, r.expires_at, device_name],
             )?;
             tx.execute(
                 "INSERT INTO refresh_tokens (hash, session_id, created_at) VALUES (?1, ?2, ?3)",
@@ -884,14 +937,7 @@ impl Store for SqliteStore {
     async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>> {
         let username = username.to_owned();
         self.write(move |tx| {
-            let user_id: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM users WHERE username = ?1",
-                    [username],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(user_id) = user_id else {
+            let Some(user_id) = user_id_of(tx, &username)? else {
                 return Ok(None);
             };
             let sids: Vec<String> = tx
@@ -902,6 +948,109 @@ impl Store for SqliteStore {
                 revoke(tx, sid, reason, now)?;
             }
             Ok(Some(sids.len()))
+        })
+        .await
+    }
+
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()> {
+        let id = session_id.to_owned();
+        self.write(move |tx| touch(tx, &id, now)).await
+    }
+
+    async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, device_name, created_at, last_seen_at FROM sessions \
+                 WHERE user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2 \
+                 ORDER BY last_seen_at DESC, created_at DESC, id",
+            )?;
+            let rows = stmt
+                .query_map(params![user_id, now], |r| {
+                    Ok(SessionListing {
+                        id: r.get(0)?,
+                        device_name: r.get(1)?,
+                        created_at: r.get(2)?,
+                        last_seen_at: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke_own_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<bool> {
+        let (user_id, id) = (user_id.to_owned(), session_id.to_owned());
+        self.write(move |tx| {
+            let live = tx
+                .query_row(
+                    "SELECT 1 FROM sessions WHERE id = ?1 AND user_id = ?2 \
+                     AND revoked_at IS NULL AND expires_at > ?3",
+                    params![id, user_id, now],
+                    |_| Ok(()),
+                )
+                .optional()?;
+            match live {
+                Some(()) => revoke(tx, &id, Reason::Revoked, now),
+                None => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let (user_id, keep) = (user_id.to_owned(), keep.to_owned());
+        self.write(move |tx| revoke_all_but(tx, &user_id, Some(&keep), Reason::Revoked, now))
+            .await
+    }
+
+    async fn replace_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        keep: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let (user_id, hash) = (user_id.to_owned(), password_hash.to_owned());
+        let keep = keep.map(str::to_owned);
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![user_id, hash],
+            )?;
+            revoke_all_but(tx, &user_id, keep.as_deref(), Reason::Revoked, now)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, username: &str, now: i64) -> Result<Option<DeletedUser>> {
+        let username = username.to_owned();
+        self.write(move |tx| {
+            let Some(user_id) = user_id_of(tx, &username)? else {
+                return Ok(None);
+            };
+            // Revoked first, so that every server learns of it (the
+            // revocations stay) before the sessions go.
+            revoke_all_but(tx, &user_id, None, Reason::Revoked, now)?;
+            tx.execute(
+                "DELETE FROM refresh_tokens WHERE session_id IN \
+                 (SELECT id FROM sessions WHERE user_id = ?1)",
+                [&user_id],
+            )?;
+            let deleted = DeletedUser {
+                sessions: tx.execute("DELETE FROM sessions WHERE user_id = ?1", [&user_id])?,
+                notes: tx.execute("DELETE FROM notes WHERE user_id = ?1", [&user_id])?,
+                versions: tx.execute("DELETE FROM note_versions WHERE user_id = ?1", [&user_id])?,
+                op_results: tx.execute("DELETE FROM ops WHERE user_id = ?1", [&user_id])?,
+            };
+            tx.execute("DELETE FROM users WHERE id = ?1", [&user_id])?;
+            Ok(Some(deleted))
         })
         .await
     }
@@ -1235,7 +1384,8 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         c.execute_batch(
             "DROP TABLE note_versions; DROP INDEX users_change_seq; \
-             ALTER TABLE users DROP COLUMN change_seq; PRAGMA user_version = 3;",
+             ALTER TABLE users DROP COLUMN change_seq; ALTER TABLE sessions DROP COLUMN device_name; \
+             ALTER TABLE sessions DROP COLUMN last_seen_at; PRAGMA user_version = 3;",
         )
         .unwrap();
         drop(c);
@@ -1266,6 +1416,38 @@ mod tests {
 
     /// Pushes are numbered in commit order across users, and a push that
     /// moves no rev (a duplicate) is not a change.
+    #[tokio::test]
+    async fn a_version_4_session_gains_no_device_and_was_last_seen_when_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        store
+            .create_session(&user, "sid", [7; 32], Some("laptop"), 100, 10_000)
+            .await
+            .unwrap();
+        drop(store);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "ALTER TABLE sessions DROP COLUMN device_name; \
+             ALTER TABLE sessions DROP COLUMN last_seen_at; PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        drop(c);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let listed = store.live_sessions(&user.id, 200).await.unwrap();
+        assert_eq!(
+            listed,
+            [SessionListing {
+                id: "sid".into(),
+                device_name: None,
+                created_at: 100,
+                last_seen_at: 100,
+            }]
+        );
+    }
+
     #[tokio::test]
     async fn rev_changes_come_in_commit_order_with_the_latest_rev() {
         let dir = tempfile::tempdir().unwrap();
@@ -1365,7 +1547,8 @@ mod tests {
              result TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (user_id, op_id)) \
              WITHOUT ROWID; ALTER TABLE refresh_tokens DROP COLUMN retired_at; \
              DROP TABLE note_versions; DROP INDEX users_change_seq; \
-             ALTER TABLE users DROP COLUMN change_seq; PRAGMA user_version = 1;",
+             ALTER TABLE users DROP COLUMN change_seq; ALTER TABLE sessions DROP COLUMN device_name; \
+             ALTER TABLE sessions DROP COLUMN last_seen_at; PRAGMA user_version = 1;",
         )
         .unwrap();
         for r in &first.results {

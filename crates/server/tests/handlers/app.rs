@@ -427,6 +427,21 @@ pub fn request(
     b.body(body).unwrap()
 }
 
+/// A password grant for `name` with `pw`, to send from a chosen address.
+pub fn sign_in_request(name: &str, pw: &str) -> Request<Body> {
+    request(
+        Method::POST,
+        "/v1/auth/token",
+        Some(FORM),
+        Body::from(format!(
+            "grant_type=password&username={}&password={}",
+            enc(name),
+            enc(pw)
+        )),
+        None,
+    )
+}
+
 pub fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 9, 8, last))
 }

@@ -10,6 +10,7 @@ mod app;
 
 mod bearer;
 mod concurrency;
+mod devices;
 mod events;
 mod history;
 mod meta;

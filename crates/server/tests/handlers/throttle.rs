@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use tower::ServiceExt as _;
 
 use crate::app::*;
@@ -110,20 +110,6 @@ async fn fifty_failures_slow_down_the_address() {
     )
     .await
     .ok();
-}
-
-fn sign_in_request(name: &str, pw: &str) -> Request<Body> {
-    request(
-        Method::POST,
-        "/v1/auth/token",
-        Some(FORM),
-        Body::from(format!(
-            "grant_type=password&username={}&password={}",
-            enc(name),
-            enc(pw)
-        )),
-        None,
-    )
 }
 
 /// `n` sign-ins at once from one address; their statuses.
