@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use latchkey_protocol::{
-    Claims, ExposeSecret, KeySet, Reason, SecretString, SessionInfo, TokenResponse, UserInfo,
+    Claims, ExposeSecret, KeySet, MAX_DEVICE_NAME_CHARS, Reason, SecretString, SessionInfo,
+    TokenResponse, UserInfo,
 };
 
 use super::account::{Account, Renewal, open_store, user_dir};
@@ -656,9 +657,6 @@ impl Session {
         Ok(info)
     }
 }
-
-/// At most this many characters of a device name (PROTOCOL.md v1.1).
-pub const MAX_DEVICE_NAME_CHARS: usize = 64;
 
 fn check_device_name(name: &str) -> Result<()> {
     if name.chars().count() > MAX_DEVICE_NAME_CHARS {
