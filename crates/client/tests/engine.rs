@@ -524,9 +524,32 @@ async fn the_device_name_is_the_host_name_until_the_user_names_it() {
     assert_eq!(e.device_name(), "Work laptop");
     drop(e);
 
-    // Kept across restarts; blank goes back to the host name.
+    // Kept across restarts, and the name the server lists for the session.
     let e = engine(dir.path(), &vault, &http).await;
     assert_eq!(e.device_name(), "Work laptop");
+    let server = TestServer::start(&[]);
+    server.add_user("dev", PW);
+    e.sign_in(&server.url(), "dev", PW).await.unwrap();
+    let web = web();
+    let token = access_token(&web, &server.url(), "dev", PW).await;
+    let listed: latchkey_protocol::SessionsResponse = web
+        .get(format!("{}/v1/auth/sessions", server.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<Option<&str>> = listed
+        .sessions
+        .iter()
+        .filter(|s| !s.current)
+        .map(|s| s.device_name.as_deref())
+        .collect();
+    assert_eq!(names, [Some("Work laptop")]);
+
+    // Blank goes back to the host name.
     e.set_device_name(Some(" ")).await.unwrap();
     assert_eq!(e.device_name(), host);
 }
