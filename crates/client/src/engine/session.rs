@@ -442,27 +442,32 @@ impl Session {
 
     /// The server ended the session: keep the local data, forget the tokens.
     async fn end(&self, e: &Error) {
-        let taken = lock(&self.account).take();
-        let Some(acc) = taken else {
-            return;
-        };
         let state = if matches!(e, Error::SessionExpired) {
             SessionState::Expired
         } else {
             SessionState::Revoked
         };
-        // The dead tokens leave the keychain before anyone is told the
-        // session ended.
+        // The account becomes the ended one in one step: there is no moment
+        // when nobody seems signed in (a save then would be refused, and
+        // the status would read signed out).
+        let acc = {
+            let mut account = lock(&self.account);
+            let Some(acc) = account.take() else {
+                return;
+            };
+            *lock(&self.ended) = Some(Ended {
+                state,
+                user: acc.entry.user.clone(),
+                server: acc.entry.server.clone(),
+                store: acc.store.clone(),
+            });
+            acc
+        };
+        // The dead tokens leave the keychain before the end is published.
         if let Err(e) = self.keychain.close(&acc.entry.account()).await {
             tracing::warn!(error = %e, "could not delete the ended session from the keychain");
         }
         self.reporter.went_offline();
-        *lock(&self.ended) = Some(Ended {
-            state,
-            user: acc.entry.user.clone(),
-            server: acc.entry.server.clone(),
-            store: acc.store.clone(),
-        });
         self.reporter.set_error(Some(e.into()));
         self.publish();
     }
