@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use latchkey_protocol::sync::EVENTS_PATH;
 use latchkey_protocol::{
-    ErrorBody, ErrorCode, ExposeSecret, HistoryResponse, Jwks, PullResponse, PushRequest,
-    PushResponse, Reason, SecretString, ServerMetadata, SessionInfo, TokenResponse,
+    ErrorBody, ErrorCode, ExposeSecret, HistoryResponse, Jwks, PasswordChange, PullResponse,
+    PushRequest, PushResponse, Reason, RevokedCount, SecretString, ServerMetadata, SessionInfo,
+    SessionsResponse, TokenResponse,
 };
 use serde::de::DeserializeOwned;
 
@@ -70,8 +71,19 @@ fn error_body(res: &HttpResponse) -> Option<ErrorBody> {
     serde_json::from_slice(&res.body).ok()
 }
 
+/// What a 400 `invalid_grant` means for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The session is over: a refresh, or any call made with a token.
+    Session,
+    /// The username or password of a sign-in is wrong.
+    SignIn,
+    /// The current password given to change it is wrong (the session goes on).
+    CurrentPassword,
+}
+
 /// Sorts a non-200 answer.
-pub(crate) fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
+pub(crate) fn failure(res: &HttpResponse, grant: Grant) -> ApiError {
     let body = error_body(res);
     let code = body.as_ref().map(|b| b.error);
     let reason = body.as_ref().and_then(|b| b.reason);
@@ -81,7 +93,12 @@ pub(crate) fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
             retry_after: res.retry_after.unwrap_or(60),
         }
         .into(),
-        (400, Some(ErrorCode::InvalidGrant)) if password_grant => Error::InvalidCredentials.into(),
+        (400, Some(ErrorCode::InvalidGrant)) if grant == Grant::SignIn => {
+            Error::InvalidCredentials.into()
+        }
+        (400, Some(ErrorCode::InvalidGrant)) if grant == Grant::CurrentPassword => {
+            Error::WrongPassword.into()
+        }
         (400, Some(ErrorCode::InvalidGrant)) => match reason {
             Some(Reason::Expired) => Error::SessionExpired.into(),
             _ => Error::SessionRevoked.into(),
@@ -111,11 +128,11 @@ pub(crate) fn failure(res: &HttpResponse, password_grant: bool) -> ApiError {
 async fn call<T: DeserializeOwned>(
     http: &dyn Http,
     req: HttpRequest,
-    password_grant: bool,
+    grant: Grant,
 ) -> Result<Answer<T>, ApiError> {
     let res = http.send(req).await?;
     if res.status != 200 {
-        return Err(failure(&res, password_grant));
+        return Err(failure(&res, grant));
     }
     Ok(Answer {
         value: decode(&res)?,
@@ -153,7 +170,7 @@ pub async fn metadata(http: &dyn Http, base: &str, t: Timeouts) -> Result<Server
         format!("{base}/.well-known/oauth-authorization-server"),
         t.request,
     );
-    call(http, req, false)
+    call(http, req, Grant::Session)
         .await
         .map(|a| a.value)
         .map_err(ApiError::into_error)
@@ -161,7 +178,7 @@ pub async fn metadata(http: &dyn Http, base: &str, t: Timeouts) -> Result<Server
 
 pub async fn jwks(http: &dyn Http, base: &str, t: Timeouts) -> Result<Jwks, Error> {
     let req = HttpRequest::get(format!("{base}/.well-known/jwks.json"), t.request);
-    call(http, req, false)
+    call(http, req, Grant::Session)
         .await
         .map(|a| a.value)
         .map_err(ApiError::into_error)
@@ -184,7 +201,9 @@ pub async fn password_grant(
         ("device_name", device_name),
     ]);
     let req = HttpRequest::post(format!("{base}/v1/auth/token"), FORM, body, t.request);
-    call(http, req, true).await.map_err(ApiError::into_error)
+    call(http, req, Grant::SignIn)
+        .await
+        .map_err(ApiError::into_error)
 }
 
 pub async fn refresh_grant(
@@ -198,7 +217,9 @@ pub async fn refresh_grant(
         ("refresh_token", refresh_token.expose_secret()),
     ]);
     let req = HttpRequest::post(format!("{base}/v1/auth/token"), FORM, body, t.request);
-    call(http, req, false).await.map_err(ApiError::into_error)
+    call(http, req, Grant::Session)
+        .await
+        .map_err(ApiError::into_error)
 }
 
 pub async fn revoke(
@@ -216,7 +237,7 @@ pub async fn revoke(
     let res = http.send(req).await?;
     match res.status {
         200 => Ok(()),
-        _ => Err(failure(&res, false).into_error()),
+        _ => Err(failure(&res, Grant::Session).into_error()),
     }
 }
 
@@ -228,7 +249,7 @@ pub async fn session(
 ) -> Result<Answer<SessionInfo>, ApiError> {
     let req =
         HttpRequest::get(format!("{base}/v1/auth/session"), t.request).bearer(access_token.clone());
-    call(http, req, false).await
+    call(http, req, Grant::Session).await
 }
 
 pub async fn push(
@@ -241,7 +262,7 @@ pub async fn push(
     let body = serde_json::to_vec(body).map_err(|e| Error::InvalidInput(e.to_string()))?;
     let req = HttpRequest::post(format!("{base}/v1/sync/push"), JSON, body, t.sync)
         .bearer(access_token.clone());
-    call(http, req, false).await
+    call(http, req, Grant::Session).await
 }
 
 pub async fn pull(
@@ -257,7 +278,7 @@ pub async fn pull(
         t.sync,
     )
     .bearer(access_token.clone());
-    call(http, req, false).await
+    call(http, req, Grant::Session).await
 }
 
 pub async fn history(
@@ -269,7 +290,73 @@ pub async fn history(
 ) -> Result<Answer<HistoryResponse>, ApiError> {
     let req = HttpRequest::get(format!("{base}/v1/notes/{note_id}/history"), t.sync)
         .bearer(access_token.clone());
-    call(http, req, false).await
+    call(http, req, Grant::Session).await
+}
+
+/// This user's live sessions (PROTOCOL.md v1.1, "Devices and sessions").
+pub async fn sessions(
+    http: &dyn Http,
+    base: &str,
+    access_token: &SecretString,
+    t: Timeouts,
+) -> Result<Answer<SessionsResponse>, ApiError> {
+    let req = HttpRequest::get(format!("{base}/v1/auth/sessions"), t.request)
+        .bearer(access_token.clone());
+    call(http, req, Grant::Session).await
+}
+
+/// Revokes one other session of this user: 204, or
+/// [`Error::SessionNotFound`] (unknown, ended, or not this user's).
+pub async fn revoke_session(
+    http: &dyn Http,
+    base: &str,
+    access_token: &SecretString,
+    session_id: uuid::Uuid,
+    t: Timeouts,
+) -> Result<Answer<()>, ApiError> {
+    let req = HttpRequest::delete(format!("{base}/v1/auth/sessions/{session_id}"), t.request)
+        .bearer(access_token.clone());
+    let res = http.send(req).await?;
+    match res.status {
+        200 | 204 => Ok(Answer {
+            value: (),
+            server_time: res.date,
+        }),
+        404 => Err(Error::SessionNotFound.into()),
+        _ => Err(failure(&res, Grant::Session)),
+    }
+}
+
+/// Revokes every other session of this user.
+pub async fn revoke_other_sessions(
+    http: &dyn Http,
+    base: &str,
+    access_token: &SecretString,
+    t: Timeouts,
+) -> Result<Answer<RevokedCount>, ApiError> {
+    let req = HttpRequest::post(
+        format!("{base}/v1/auth/sessions/revoke-others"),
+        JSON,
+        b"{}".to_vec(),
+        t.request,
+    )
+    .bearer(access_token.clone());
+    call(http, req, Grant::Session).await
+}
+
+/// Changes the password; the server revokes every other session. A wrong
+/// current password is [`Error::WrongPassword`], and the session goes on.
+pub async fn change_password(
+    http: &dyn Http,
+    base: &str,
+    access_token: &SecretString,
+    change: &PasswordChange,
+    t: Timeouts,
+) -> Result<Answer<RevokedCount>, ApiError> {
+    let body = serde_json::to_vec(change).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let req = HttpRequest::post(format!("{base}/v1/account/password"), JSON, body, t.request)
+        .bearer(access_token.clone());
+    call(http, req, Grant::CurrentPassword).await
 }
 
 /// An error answer to a stream is read whole, up to this many bytes.
@@ -305,5 +392,5 @@ pub async fn events(
         date: stream.date,
         retry_after: None,
     };
-    Err(failure(&res, false))
+    Err(failure(&res, Grant::Session))
 }

@@ -1,6 +1,7 @@
-//! The engine: one signed-in account at a time, its session state machine,
-//! the single-flight refresh, connectivity, and reconnect sync. The app
-//! builds one [`Engine`] and calls it.
+//! The engine: the accounts signed in on this device, one of them active at
+//! a time, its session state machine, the single-flight refresh,
+//! connectivity, and reconnect sync. The app builds one [`Engine`] and
+//! calls it.
 //!
 //! [`Engine`] is a facade over parts that each own their state and depend
 //! one way, each on those below it only:
@@ -17,6 +18,7 @@ mod account;
 mod blocking;
 mod config;
 mod connectivity;
+mod devices;
 mod keychain;
 mod live;
 mod notes;
@@ -157,9 +159,29 @@ impl Engine {
         let result = self.session.sign_in(server_url, username, password).await;
         self.record(&result);
         if result.is_ok() {
-            notes::tidy_store(self.session.clone(), self.reporter.clone());
+            self.account_changed();
         }
         result.map(|()| self.status())
+    }
+
+    /// Makes another account signed in on this device (one of
+    /// [`Status::accounts`]) the active one. Needs no network: offline, the
+    /// account's own offline policy applies. The account that was active
+    /// stays signed in; only the active one syncs.
+    pub async fn switch_account(&self, server: &str, username: &str) -> Result<Status> {
+        let result = self.session.switch(server, username).await;
+        self.record(&result);
+        if result.is_ok() {
+            self.account_changed();
+        }
+        result.map(|()| self.status())
+    }
+
+    /// After a sign-in or a switch: the new account's stream, sync and
+    /// store upkeep.
+    fn account_changed(&self) {
+        self.connectivity.account_changed();
+        notes::tidy_store(self.session.clone(), self.reporter.clone());
     }
 
     /// The name this device signs in with (shown in the user's list of
@@ -205,7 +227,10 @@ impl Engine {
     /// `GET /v1/auth/session` with the usual refresh rules: the reconnect
     /// check, also usable on its own.
     pub async fn confirm_session(&self) -> Result<latchkey_protocol::SessionInfo> {
-        let r = self.session.confirm().await;
+        let r = match self.session.active() {
+            Ok(of) => self.session.confirm(&of).await,
+            Err(e) => Err(e),
+        };
         self.record(&r);
         r
     }

@@ -26,6 +26,12 @@ pub enum Error {
     /// Wrong username or password.
     #[error("the username or password is wrong")]
     InvalidCredentials,
+    /// The current password given to change it is wrong.
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// The server has no such live session of this user.
+    #[error("that device is not signed in any more")]
+    SessionNotFound,
     /// Too many failed sign-ins from here; wait.
     #[error("too many failed sign-in attempts; try again in {retry_after} seconds")]
     Throttled { retry_after: u64 },
@@ -42,6 +48,10 @@ pub enum Error {
     /// Nobody is signed in.
     #[error("nobody is signed in")]
     NotSignedIn,
+    /// Work begun for one account found another active when it went on:
+    /// it stops, and the account it was for does it when active again.
+    #[error("another account became active; this was left for later")]
+    Switched,
     /// What was asked needs the server (history, for one), and the engine
     /// is offline: everything else keeps working.
     #[error("{0} needs the server, and Latchkey is offline now")]
@@ -52,6 +62,10 @@ pub enum Error {
     /// A token failed verification (forged, tampered, wrong issuer).
     #[error("the sign-in could not be verified: {0}")]
     Token(#[from] TokenError),
+    /// A session kept in the keychain is damaged or fails verification:
+    /// the account must sign in again.
+    #[error("{0}")]
+    StoredSession(String),
     /// The server answered something the protocol does not allow.
     #[error("the server answered unexpectedly: {0}")]
     Server(String),
@@ -88,14 +102,17 @@ impl Error {
             Error::InsecureUrl { .. } => "insecure_url",
             Error::InvalidUrl(_) => "invalid_url",
             Error::InvalidCredentials => "invalid_credentials",
+            Error::WrongPassword => "wrong_password",
+            Error::SessionNotFound => "session_not_found",
             Error::Throttled { .. } => "throttled",
             Error::SessionExpired => "session_expired",
             Error::SessionRevoked => "session_revoked",
             Error::Locked(_) => "locked",
             Error::NotSignedIn => "not_signed_in",
+            Error::Switched => "account_switched",
             Error::Offline(_) => "offline",
             Error::WorkingOffline => "working_offline",
-            Error::Token(_) => "token_invalid",
+            Error::Token(_) | Error::StoredSession(_) => "token_invalid",
             Error::Server(_) => "server_error",
             Error::Storage(_) => "storage",
             Error::NoteNotFound => "note_not_found",

@@ -105,7 +105,7 @@ pub fn client_sync_json(data: &[u8]) {
         );
     }
     for status in [400, 401, 409, 503] {
-        let failure = api::failure(&answer(status), false);
+        let failure = api::failure(&answer(status), api::Grant::Session);
         if status == 401 {
             assert!(matches!(failure, ApiError::Unauthorized(_)));
         }

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 pub enum Method {
     Get,
     Post,
+    Delete,
 }
 
 /// One HTTP request. `Debug` never shows the bearer token or the body.
@@ -47,6 +48,13 @@ impl HttpRequest {
             content_type: None,
             body: Vec::new(),
             timeout,
+        }
+    }
+
+    pub fn delete(url: String, timeout: Duration) -> Self {
+        Self {
+            method: Method::Delete,
+            ..Self::get(url, timeout)
         }
     }
 
@@ -164,6 +172,7 @@ impl ReqwestHttp {
         let mut builder = match req.method {
             Method::Get => self.client.get(&req.url),
             Method::Post => self.client.post(&req.url),
+            Method::Delete => self.client.delete(&req.url),
         };
         if let Some(token) = &req.bearer {
             builder = builder.bearer_auth(token.expose_secret());

@@ -33,6 +33,6 @@ pub use http::{Http, ReqwestHttp};
 pub use latchkey_protocol::NoteVersion;
 /// Tokens and passwords in memory (see `latchkey_protocol::secret`).
 pub use latchkey_protocol::{ExposeSecret, SecretString};
-pub use status::{SessionState, Status, StatusError};
+pub use status::{AccountItem, SessionState, Status, StatusError};
 pub use store::Note;
 pub use vault::{KeyringVault, UnavailableVault, Vault, VaultEntry, system_vault};

@@ -40,6 +40,15 @@ impl From<&crate::Error> for StatusError {
     }
 }
 
+/// An account signed in on this device, as the account menu lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountItem {
+    pub server: String,
+    pub username: String,
+    /// The account the app shows and syncs now.
+    pub active: bool,
+}
+
 /// Everything the status bar and the screens need. Never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -72,6 +81,8 @@ pub struct Status {
     /// The search index of the notes stored before search existed is being
     /// built: how far. `None` once it is whole.
     pub search_index: Option<crate::store::IndexProgress>,
+    /// Every account signed in on this device, oldest first.
+    pub accounts: Vec<AccountItem>,
 }
 
 impl Status {
@@ -92,6 +103,7 @@ impl Status {
             locked_reason: None,
             last_error: None,
             search_index: None,
+            accounts: Vec::new(),
         }
     }
 }

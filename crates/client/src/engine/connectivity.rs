@@ -103,6 +103,13 @@ impl Connectivity {
         )
     }
 
+    /// Another account became the active one: the stream of the one before
+    /// closes, and the new one is checked with its server and synced now.
+    pub(crate) fn account_changed(&self) {
+        self.live.want(false);
+        self.reporter.wake(Wake::Resume);
+    }
+
     /// Runs a sync on its own task and keeps the heartbeat going meanwhile, so
     /// a server that stops answering mid-sync shows as offline within seconds
     /// instead of when the sync's own timeout runs out; that sync is then

@@ -72,11 +72,6 @@ impl Keychain {
         *lock(&self.gate) = Some(account);
     }
 
-    /// No entry is active any more.
-    pub(crate) fn shut(&self) {
-        *lock(&self.gate) = None;
-    }
-
     /// Writes the active account's entry (nothing if it is no longer active).
     pub(crate) async fn write(&self, entry: &VaultEntry) -> Result<()> {
         let (vault, gate, entry) = (self.vault.clone(), self.gate.clone(), entry.clone());

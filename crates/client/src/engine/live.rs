@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::blocking::lock;
-use super::session::Session;
+use super::session::{Active, Session};
 use super::sync::Syncer;
 use crate::api::{self, Timeouts};
 use crate::error::{Error, Result};
@@ -104,12 +104,11 @@ impl Live {
         }
     }
 
-    async fn open(&self) -> Result<HttpStream> {
-        let server = self.session.server()?;
+    async fn open(&self, of: &Active) -> Result<HttpStream> {
         let (http, t) = (self.http.clone(), self.timeouts);
         self.session
-            .authed(|token| {
-                let (http, server) = (http.clone(), server.clone());
+            .authed(of, |token| {
+                let (http, server) = (http.clone(), of.server.clone());
                 async move { api::events(http.as_ref(), &server, &token, t).await }
             })
             .await
@@ -117,7 +116,7 @@ impl Live {
 
     /// Reads one open stream to its end. `Ok` when the server ended it (at
     /// the token's expiry) or the session is over; `Err` when it broke.
-    async fn read(&self, mut stream: HttpStream, news: &News) -> Result<()> {
+    async fn read(&self, of: &Active, mut stream: HttpStream, news: &News) -> Result<()> {
         let mut parser = Parser::new();
         loop {
             let chunk = tokio::time::timeout(SILENT_FOR, stream.body.next())
@@ -147,7 +146,7 @@ impl Live {
                             .map(|r| r.reason)
                             .unwrap_or(latchkey_protocol::Reason::Revoked);
                         tracing::info!(reason = reason.as_str(), "the server ended the session");
-                        self.session.ended_by_server(reason).await;
+                        self.session.ended_by_server(of, reason).await;
                         return Ok(());
                     }
                     _ => {}
@@ -158,21 +157,21 @@ impl Live {
 }
 
 /// Opens the stream, reads it, opens it again, until aborted or the
-/// session ends.
+/// session ends; each stream is for the account active when it opens.
 async fn read_loop(live: Weak<Live>, news: Arc<News>) {
     let mut attempt = 0u32;
     loop {
         let Some(link) = live.upgrade() else { return };
-        if !link.session.has_session() {
+        let Ok(of) = link.session.active() else {
             return;
-        }
+        };
         let opened = Instant::now();
-        let outcome = match link.open().await {
+        let outcome = match link.open(&of).await {
             Ok(stream) => {
                 // Whatever happened while no stream was open.
                 news.opened.store(true, Ordering::SeqCst);
                 news.pull.notify_one();
-                link.read(stream, &news).await
+                link.read(&of, stream, &news).await
             }
             // The session ended, or the network is gone (the engine is then
             // offline and the loop closes this): nothing to retry here.

@@ -15,7 +15,7 @@ use super::blocking::{blocking, lock};
 use super::report::Reporter;
 use super::session::Session;
 use crate::api;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::export::{ExportReport, export_notes};
 use crate::store::{Note, TrashedNote};
 
@@ -57,19 +57,16 @@ impl Engine {
     /// is an ordinary save of its text on the note's current version.
     pub async fn note_history(&self, id: Uuid) -> Result<Vec<NoteVersion>> {
         let store = self.session.notes_store()?;
-        if !self.reporter.online() {
-            return Err(Error::Offline("a note's history"));
-        }
+        let of = self.reachable("a note's history")?;
         // A note the server never saw has no history yet.
         if blocking(move || lock(&store).get_note(id)).await?.rev == 0 {
             return Ok(Vec::new());
         }
-        let server = self.session.server()?;
         let (http, t) = (self.http.clone(), self.timeouts);
         let history = self
             .session
-            .authed(|token| {
-                let (http, server) = (http.clone(), server.clone());
+            .authed(&of, |token| {
+                let (http, server) = (http.clone(), of.server.clone());
                 async move { api::history(http.as_ref(), &server, &token, id, t).await }
             })
             .await?;
@@ -101,14 +98,21 @@ impl Engine {
 /// start tries again.
 pub(crate) fn tidy_store(session: Arc<Session>, reporter: Arc<Reporter>) {
     tokio::spawn(async move {
-        let Ok(store) = session.store() else { return };
+        let Ok(of) = session.active() else {
+            return;
+        };
         let now = session.now();
-        let s = store.clone();
+        let s = of.store.clone();
         if let Err(e) = blocking(move || lock(&s).expire_trash(now)).await {
             tracing::warn!(error = %e, "emptying old notes from the trash failed");
         }
         loop {
-            let s = store.clone();
+            // Another account is shown now: its own upkeep runs; this
+            // index goes on when its account is active again.
+            if !session.is_active(&of) {
+                return;
+            }
+            let s = of.store.clone();
             match blocking(move || lock(&s).index_step(INDEX_BATCH)).await {
                 Ok(p) if p.complete() => {
                     if reporter.status().search_index.is_some() {

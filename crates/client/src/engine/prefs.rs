@@ -1,6 +1,7 @@
 //! The engine's non-secret state between runs, in `<data_dir>/engine.json`:
-//! the account restored at start, the signed-out sessions whose
-//! revocation is still owed, and the device name the user chose. Changed in memory, then written whole and
+//! the accounts signed in on this device and the one restored at start,
+//! the signed-out sessions whose revocation is still owed, and the device
+//! name the user chose. Changed in memory, then written whole and
 //! atomically (a temporary file, fsync, rename) on the blocking pool.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,12 @@ use crate::error::{Error, Result};
 struct PrefsFile {
     /// The account restored at start: (server, username).
     last_account: Option<(String, String)>,
+    /// Every account signed in on this device, in the order they signed
+    /// in: (server, username). Each keeps its session in a keychain entry
+    /// of its own. Missing in files of one-account versions: the last
+    /// account alone.
+    #[serde(default)]
+    accounts: Vec<(String, String)>,
     /// Accounts signed out while offline whose refresh token still awaits
     /// revocation on the server.
     #[serde(default)]
@@ -39,10 +46,15 @@ impl Prefs {
     /// Reads the prefs in `dir` (blocking); none, or a damaged file, gives
     /// the defaults.
     pub(crate) fn load(dir: &Path) -> Self {
-        let data = std::fs::read(path(dir))
+        let mut data: PrefsFile = std::fs::read(path(dir))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        if data.accounts.is_empty()
+            && let Some(last) = &data.last_account
+        {
+            data.accounts.push(last.clone());
+        }
         Self {
             dir: dir.to_owned(),
             data: Arc::new(Mutex::new(data)),
@@ -54,8 +66,26 @@ impl Prefs {
         lock(&self.data).last_account.clone()
     }
 
-    pub(crate) fn set_last_account(&self, server: String, username: String) {
-        lock(&self.data).last_account = Some((server, username));
+    /// The accounts signed in on this device, oldest first.
+    pub(crate) fn accounts(&self) -> Vec<(String, String)> {
+        lock(&self.data).accounts.clone()
+    }
+
+    /// `(server, username)` signed in on this device (now the active one).
+    pub(crate) fn add_account(&self, server: String, username: String) {
+        let mut data = lock(&self.data);
+        let account = (server, username);
+        if !data.accounts.contains(&account) {
+            data.accounts.push(account.clone());
+        }
+        data.last_account = Some(account);
+    }
+
+    /// `(server, username)` is not signed in on this device any more.
+    pub(crate) fn remove_account(&self, server: &str, username: &str) {
+        lock(&self.data)
+            .accounts
+            .retain(|(s, u)| (s.as_str(), u.as_str()) != (server, username));
     }
 
     pub(crate) fn device_name(&self) -> Option<String> {

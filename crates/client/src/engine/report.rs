@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::blocking::lock;
 use crate::error::{Error, Result};
 use crate::policy::Verdict;
-use crate::status::{SessionState, Status, StatusError};
+use crate::status::{AccountItem, SessionState, Status, StatusError};
 use crate::store::{IndexProgress, SyncRecord};
 
 /// Why the connectivity loop is woken.
@@ -160,8 +160,9 @@ impl Reporter {
 
     /// Builds the status from the session's view and the flags, and
     /// publishes it if anything changed.
-    pub(crate) fn publish(&self, view: SessionView) {
-        let status = self.compose(view);
+    pub(crate) fn publish(&self, view: SessionView, accounts: Vec<AccountItem>) {
+        let mut status = self.compose(view);
+        status.accounts = accounts;
         self.status.send_if_modified(|old| {
             if *old == status {
                 false

@@ -1,7 +1,12 @@
-//! The session: one signed-in account at a time and its state machine
-//! (signed out, active, ended by the server), sign-in and sign-out, the
+//! The session: the active account and its state machine (signed out,
+//! active, ended by the server), the other accounts signed in on this
+//! device and the switch between them, sign-in and sign-out, the
 //! single-flight refresh, the authenticated calls made with it, and the
 //! session's part of the status, with the offline policy applied.
+//!
+//! Each account signed in keeps its own keychain entry and local data
+//! (notes, outbox, cursor, offline policy); only the active one is in
+//! memory, talks to its server and syncs.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,7 +31,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::http::{Http, normalize_server_url};
 use crate::policy;
-use crate::status::{SessionState, StatusError};
+use crate::status::{AccountItem, SessionState};
 use crate::store::LocalStore;
 use crate::vault::{VaultEntry, account_name};
 
@@ -47,6 +52,17 @@ impl Ended {
         let store = self.store.try_lock().ok()?;
         Some(store.pending_count().unwrap_or(0))
     }
+}
+
+/// The account a piece of work acts for, taken when the work starts. Every
+/// authenticated call it makes checks that this account is still the
+/// active one, so that work begun for one account never goes on with
+/// another's token after a switch.
+#[derive(Clone)]
+pub(crate) struct Active {
+    session_id: String,
+    pub(crate) server: String,
+    pub(crate) store: Arc<Mutex<LocalStore>>,
 }
 
 /// The session state machine: the active account, or the one the server
@@ -113,12 +129,38 @@ impl Session {
         Ok(acc.entry.server.clone())
     }
 
-    /// The active account's notes, for sync.
-    pub(crate) fn store(&self) -> Result<Arc<Mutex<LocalStore>>> {
+    /// The active account, for work that talks to its server (a sync, the
+    /// live-updates stream) or upkeeps its notes.
+    pub(crate) fn active(&self) -> Result<Active> {
+        let acc = lock(&self.account);
+        let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
+        Ok(Active {
+            session_id: acc.entry.session_id.clone(),
+            server: acc.entry.server.clone(),
+            store: acc.store.clone(),
+        })
+    }
+
+    /// `of` is still the active account.
+    pub(crate) fn is_active(&self, of: &Active) -> bool {
         lock(&self.account)
             .as_ref()
-            .map(|a| a.store.clone())
-            .ok_or(Error::NotSignedIn)
+            .is_some_and(|a| a.entry.session_id == of.session_id)
+    }
+
+    /// `session_id` is `of`'s own session.
+    pub(crate) fn is_current(&self, of: &Active, session_id: &str) -> bool {
+        of.session_id == session_id
+    }
+
+    /// Runs `f` on `of`'s account if it is still the active one.
+    fn with_account<T>(&self, of: &Active, f: impl FnOnce(&mut Account) -> T) -> Result<T> {
+        let mut acc = lock(&self.account);
+        match acc.as_mut() {
+            Some(acc) if acc.entry.session_id == of.session_id => Ok(f(acc)),
+            Some(_) => Err(Error::Switched),
+            None => Err(Error::NotSignedIn),
+        }
     }
 
     /// The notes the user may read and edit now: the active account's,
@@ -146,7 +188,21 @@ impl Session {
         if let Some(entry) = persist {
             self.keychain.write_later(entry);
         }
-        self.reporter.publish(view);
+        let active = match &view {
+            SessionView::Active(a) => Some((a.server.as_str(), a.user.username.as_str())),
+            _ => None,
+        };
+        let accounts = self
+            .prefs
+            .accounts()
+            .into_iter()
+            .map(|(server, username)| AccountItem {
+                active: active == Some((server.as_str(), username.as_str())),
+                server,
+                username,
+            })
+            .collect();
+        self.reporter.publish(view, accounts);
     }
 
     /// The session's part of the status, and the entry to write back if
@@ -205,37 +261,54 @@ impl Session {
         let Some((server, username)) = self.prefs.last_account() else {
             return;
         };
-        let account = account_name(&server, &username);
-        let raw = match self.keychain.load(&account).await {
-            Ok(Some(raw)) => raw,
-            Ok(None) => return,
-            Err(e) => return self.reporter.set_error(Some((&e).into())),
-        };
-        let failed = |message: &str| StatusError {
-            code: "token_invalid".into(),
-            message: message.into(),
-        };
-        let Some(entry) = VaultEntry::from_json(&raw) else {
-            self.reporter
-                .set_error(Some(failed("the stored sign-in is damaged; sign in again")));
-            return self.keychain.forget(&account).await;
-        };
-        if entry.revoke_pending {
-            return;
-        }
-        match Account::open(entry, &self.data_dir).await {
+        match self.load_account(&server, &username).await {
             Ok(acc) => {
                 self.keychain.open(acc.entry.account());
                 *lock(&self.account) = Some(acc);
             }
+            Err(e @ Error::NotSignedIn) => tracing::info!(error = %e, "no session to restore"),
+            Err(e) => self.reporter.set_error(Some((&e).into())),
+        }
+    }
+
+    /// Opens a signed-in account's session from its keychain entry and its
+    /// local data, with no network. An entry that is gone, damaged or fails
+    /// verification takes the account off this device's list (its local
+    /// data stays, for the next sign-in).
+    async fn load_account(&self, server: &str, username: &str) -> Result<Account> {
+        let account = account_name(server, username);
+        let forget = async |e: Error| {
+            self.keychain.forget(&account).await;
+            self.prefs.remove_account(server, username);
+            if let Err(e) = self.prefs.save().await {
+                tracing::warn!(error = %e, "could not save engine state");
+            }
+            e
+        };
+        let raw = match self.keychain.load(&account).await? {
+            Some(raw) => raw,
+            None => return Err(forget(Error::NotSignedIn).await),
+        };
+        let failed = Error::StoredSession;
+        let entry = match VaultEntry::from_json(&raw) {
+            // Signed out offline by an older Latchkey: not a session to use.
+            Some(entry) if entry.revoke_pending => return Err(Error::NotSignedIn),
+            Some(entry) => entry,
+            None => {
+                let e = failed("the stored sign-in is damaged; sign in again".into());
+                return Err(forget(e).await);
+            }
+        };
+        match Account::open(entry, &self.data_dir).await {
+            Ok(acc) => Ok(acc),
             Err(Error::Token(e)) => {
                 tracing::warn!(error = %e, "the stored access token failed verification");
-                self.reporter.set_error(Some(failed(&format!(
+                let e = failed(format!(
                     "the stored sign-in could not be verified ({e}); sign in again"
-                ))));
-                self.keychain.forget(&account).await;
+                ));
+                Err(forget(e).await)
             }
-            Err(e) => self.reporter.set_error(Some((&e).into())),
+            Err(e) => Err(e),
         }
     }
 
@@ -262,24 +335,31 @@ impl Session {
     }
 
     /// Before the password is sent: the keychain can take the session, and
-    /// no other session stands in the new one's way.
+    /// no other session of the same account stands in the new one's way.
+    /// Other accounts stay signed in.
     async fn make_room(&self, server: &str, username: &str) -> Result<()> {
+        let name = account_name(server, username);
         // Fail before sending the password when there is nowhere safe to keep the session.
-        let existing = self
-            .keychain
-            .load_ready(&account_name(server, username))
-            .await?;
-        if let Some(old) = existing.as_deref().and_then(VaultEntry::from_json)
-            && old.revoke_pending
-        {
-            // Signed out offline by an older Latchkey, which kept the entry
-            // to revoke under the account's own name: the new session is
-            // about to take that name, so the old one moves to its own.
-            self.revocations.park(&old).await?;
+        let existing = self.keychain.load_ready(&name).await?;
+        let active_is_it = lock(&self.account)
+            .as_ref()
+            .is_some_and(|a| a.entry.account() == name);
+        if active_is_it {
+            // The same account again: its current session signs out first.
+            return self.sign_out(false).await;
         }
-        if self.has_session() {
-            // One account at a time: the current one signs out first.
-            self.sign_out(false).await?;
+        if let Some(old) = existing.as_deref().and_then(VaultEntry::from_json) {
+            if old.revoke_pending {
+                // Signed out offline by an older Latchkey, which kept the
+                // entry to revoke under the account's own name: the new
+                // session is about to take that name, so the old one moves
+                // to its own.
+                self.revocations.park(&old).await?;
+            } else {
+                // A session of this account, not active now: the new one
+                // replaces it.
+                self.revocations.revoke_or_park(&old).await?;
+            }
         }
         Ok(())
     }
@@ -354,9 +434,8 @@ impl Session {
         Ok((entry, keys, claims))
     }
 
-    /// Keeps a new session: its entry in the keychain (the active one now)
-    /// and its user's notes opened. If either fails, the server-side session
-    /// is revoked.
+    /// Keeps a new session: its entry in the keychain and its user's notes
+    /// opened. If either fails, the server-side session is revoked.
     async fn keep(&self, entry: &VaultEntry) -> Result<LocalStore> {
         let revoke = || {
             api::revoke(
@@ -366,9 +445,7 @@ impl Session {
                 self.timeouts,
             )
         };
-        self.keychain.open(entry.account());
-        if let Err(e) = self.keychain.write(entry).await {
-            self.keychain.shut();
+        if let Err(e) = self.keychain.store(&entry.account(), entry).await {
             // No safe home for the refresh token: end the session we just made.
             let _ = revoke().await;
             return Err(e);
@@ -377,26 +454,92 @@ impl Session {
             Ok(store) => Ok(store),
             Err(e) => {
                 let _ = revoke().await;
-                let _ = self.keychain.close(&entry.account()).await;
+                self.keychain.forget(&entry.account()).await;
                 Err(e)
             }
         }
     }
 
     /// A new session takes over: online, no error, remembered for the next
-    /// start.
+    /// start. The account that was active stays signed in.
     async fn install(&self, acc: Account) -> Result<()> {
-        let (server, username) = (acc.entry.server.clone(), acc.entry.user.username.clone());
-        *lock(&self.account) = Some(acc);
+        self.take_over(acc).await?;
         // Work offline may have been switched on meanwhile.
         self.reporter.came_online();
-        self.reporter.set_error(None);
-        *lock(&self.ended) = None;
-        self.keychain.clear_error();
-        self.prefs.set_last_account(server, username);
-        self.prefs.save().await?;
         self.publish();
         self.reporter.wake(Wake::Edited);
+        Ok(())
+    }
+
+    /// `acc` becomes the active account, in one step (no moment when nobody
+    /// seems signed in), and the one it replaces is put away: its latest
+    /// state written to its keychain entry. Holds the refresh lock, so that
+    /// no refresh of the old account is between the server and the
+    /// keychain meanwhile.
+    async fn take_over(&self, acc: Account) -> Result<()> {
+        let _refreshing = self.refresh_lock.lock().await;
+        let name = acc.entry.account();
+        let (server, username) = (acc.entry.server.clone(), acc.entry.user.username.clone());
+        let old = {
+            let mut account = lock(&self.account);
+            let old = account.replace(acc);
+            *lock(&self.ended) = None;
+            old
+        };
+        if let Some(old) = old {
+            // The gate is still the old account's: this write is its last.
+            if let Err(e) = self.keychain.write(&old.entry).await {
+                tracing::warn!(error = %e, "could not write the account put away to the keychain");
+            }
+        }
+        self.keychain.open(name);
+        self.keychain.clear_error();
+        self.reporter.set_error(None);
+        self.reporter.set_indexing(None);
+        self.prefs.add_account(server, username);
+        self.prefs.save().await
+    }
+
+    /// Makes another account signed in on this device the active one, from
+    /// its keychain entry and local data: no network needed, so it works
+    /// offline (the account's own offline policy then applies). The
+    /// account that was active stays signed in.
+    pub(crate) async fn switch(&self, server: &str, username: &str) -> Result<()> {
+        let listed = self
+            .prefs
+            .accounts()
+            .iter()
+            .any(|(s, u)| (s.as_str(), u.as_str()) == (server, username));
+        if !listed {
+            return Err(Error::InvalidInput(
+                "that account is not signed in on this device".into(),
+            ));
+        }
+        let name = account_name(server, username);
+        let old_server = {
+            let acc = lock(&self.account);
+            match acc.as_ref() {
+                Some(a) if a.entry.account() == name => return Ok(()),
+                Some(a) => Some(a.entry.server.clone()),
+                None => None,
+            }
+        };
+        let acc = match self.load_account(server, username).await {
+            Err(Error::NotSignedIn) => {
+                self.publish();
+                return Err(Error::InvalidInput(format!(
+                    "{username} is no longer signed in on this device; sign in again"
+                )));
+            }
+            other => other?,
+        };
+        self.take_over(acc).await?;
+        // Whether the server is reachable was learnt of the other account's
+        // server: this one is checked afresh.
+        if old_server.as_deref() != Some(server) {
+            self.reporter.went_offline();
+        }
+        self.publish();
         Ok(())
     }
 
@@ -410,6 +553,7 @@ impl Session {
             self.publish();
             return Ok(());
         };
+        self.forget_account(&acc.entry).await;
         self.reporter.went_offline();
         self.reporter.set_error(None);
         self.publish();
@@ -431,17 +575,28 @@ impl Session {
         Ok(())
     }
 
+    /// `entry`'s account is not signed in on this device any more (its local
+    /// data stays until wiped).
+    async fn forget_account(&self, entry: &VaultEntry) {
+        self.prefs
+            .remove_account(&entry.server, &entry.user.username);
+        if let Err(e) = self.prefs.save().await {
+            tracing::warn!(error = %e, "could not save engine state");
+        }
+    }
+
     /// The live-updates stream said the session is over.
-    pub(crate) async fn ended_by_server(&self, reason: Reason) {
+    pub(crate) async fn ended_by_server(&self, of: &Active, reason: Reason) {
         let e = match reason {
             Reason::Expired => Error::SessionExpired,
             _ => Error::SessionRevoked,
         };
-        self.end(&e).await;
+        self.end(of, &e).await;
     }
 
-    /// The server ended the session: keep the local data, forget the tokens.
-    async fn end(&self, e: &Error) {
+    /// The server ended `of`'s session: keep the local data, forget the
+    /// tokens. Nothing happens if another account is active by now.
+    async fn end(&self, of: &Active, e: &Error) {
         let state = if matches!(e, Error::SessionExpired) {
             SessionState::Expired
         } else {
@@ -452,6 +607,9 @@ impl Session {
         // the status would read signed out).
         let acc = {
             let mut account = lock(&self.account);
+            if account.as_ref().map(|a| &a.entry.session_id) != Some(&of.session_id) {
+                return;
+            }
             let Some(acc) = account.take() else {
                 return;
             };
@@ -467,6 +625,7 @@ impl Session {
         if let Err(e) = self.keychain.close(&acc.entry.account()).await {
             tracing::warn!(error = %e, "could not delete the ended session from the keychain");
         }
+        self.forget_account(&acc.entry).await;
         self.reporter.went_offline();
         self.reporter.set_error(Some(e.into()));
         self.publish();
@@ -474,61 +633,56 @@ impl Session {
 
     /// The access token to send and its generation, refreshing first when
     /// less than a fifth of its life is left.
-    async fn fresh_token(&self) -> Result<(SecretString, u64)> {
-        let (token, generation, stale) = {
-            let acc = lock(&self.account);
-            let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
+    async fn fresh_token(&self, of: &Active) -> Result<(SecretString, u64)> {
+        let server_now = self.clock.server_now();
+        let (token, generation, stale) = self.with_account(of, |acc| {
             let stale = acc.refresh_in_doubt
-                || policy::should_refresh(acc.claims.iat, acc.claims.exp, self.clock.server_now());
+                || policy::should_refresh(acc.claims.iat, acc.claims.exp, server_now);
             (acc.entry.access_token.clone(), acc.generation, stale)
-        };
+        })?;
         if !stale {
             return Ok((token, generation));
         }
-        self.refresh(generation).await?;
-        self.current_token()
+        self.refresh(of, generation).await?;
+        self.current_token(of)
     }
 
-    fn current_token(&self) -> Result<(SecretString, u64)> {
-        let acc = lock(&self.account);
-        let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
-        Ok((acc.entry.access_token.clone(), acc.generation))
+    fn current_token(&self, of: &Active) -> Result<(SecretString, u64)> {
+        self.with_account(of, |acc| (acc.entry.access_token.clone(), acc.generation))
     }
 
     /// One refresh for everyone: callers that saw `seen` wait on the lock,
     /// and whoever comes second finds the work done. It runs on a task of
     /// its own, so a caller that gives up cannot cancel it between the
     /// server's rotation and the keychain write.
-    async fn refresh(&self, seen: u64) -> Result<()> {
+    async fn refresh(&self, of: &Active, seen: u64) -> Result<()> {
         let me = self.me.upgrade().ok_or(Error::NotSignedIn)?;
-        tokio::spawn(async move { me.refresh_now(seen).await })
+        let of = of.clone();
+        tokio::spawn(async move { me.refresh_now(&of, seen).await })
             .await
             .map_err(|e| Error::Server(format!("the refresh task failed: {e}")))?
     }
 
-    async fn refresh_now(&self, seen: u64) -> Result<()> {
+    /// Holds the refresh lock throughout: an account switch, which takes
+    /// it too, never comes between the server's rotation and the keychain.
+    async fn refresh_now(&self, of: &Active, seen: u64) -> Result<()> {
         self.reporter.ensure_network()?;
         let _guard = self.refresh_lock.lock().await;
-        let mut renewal = {
-            let acc = lock(&self.account);
-            let acc = acc.as_ref().ok_or(Error::NotSignedIn)?;
-            if acc.generation != seen {
-                return Ok(());
-            }
-            acc.renewal()
+        let Some(mut renewal) =
+            self.with_account(of, |acc| (acc.generation == seen).then(|| acc.renewal()))?
+        else {
+            return Ok(());
         };
         let tokens = self
-            .rotate_refresh_token(&renewal.server, &renewal.refresh_token)
+            .rotate_refresh_token(of, &renewal.server, &renewal.refresh_token)
             .await?;
         let claims = self
             .verify_refreshed(&mut renewal, tokens.access_token.expose_secret())
             .await?;
         let now = self.now();
-        let entry = {
-            let mut acc = lock(&self.account);
-            let acc = acc.as_mut().ok_or(Error::NotSignedIn)?;
-            acc.refreshed(tokens.access_token, renewal, claims, now)?
-        };
+        let entry = self.with_account(of, |acc| {
+            acc.refreshed(tokens.access_token, renewal, claims, now)
+        })??;
         self.keychain.persist(&entry).await;
         self.publish();
         Ok(())
@@ -569,6 +723,7 @@ impl Session {
     /// refresh in doubt, to be retried at the next contact.
     async fn rotate_refresh_token(
         &self,
+        of: &Active,
         server: &str,
         token: &SecretString,
     ) -> Result<TokenResponse> {
@@ -577,11 +732,9 @@ impl Session {
             Ok(a) => a,
             Err(e) => {
                 if e.ends_session() {
-                    self.end(&e).await;
-                } else if let (Error::Network { .. }, Some(acc)) =
-                    (&e, lock(&self.account).as_mut())
-                {
-                    acc.refresh_in_doubt = true;
+                    self.end(of, &e).await;
+                } else if matches!(e, Error::Network { .. }) {
+                    let _ = self.with_account(of, |acc| acc.refresh_in_doubt = true);
                 }
                 self.lost_network(&e);
                 return Err(e);
@@ -590,31 +743,28 @@ impl Session {
         self.clock.note(answer.server_time);
         let tokens = answer.value;
         let now = self.now();
-        let entry = {
-            let mut acc = lock(&self.account);
-            let acc = acc.as_mut().ok_or(Error::NotSignedIn)?;
-            acc.rotated(&tokens, now)
-        };
+        let entry = self.with_account(of, |acc| acc.rotated(&tokens, now))?;
         // On failure the session goes on from memory (shown), and the
         // server's retry window covers the old token for a minute.
         self.keychain.persist(&entry).await;
         Ok(tokens)
     }
 
-    /// Runs an authenticated call: refresh first if needed, and after a 401
-    /// one refresh and one retry. A call that finds the session over ends
-    /// it; one that finds no network takes the engine offline.
-    pub(crate) async fn authed<T, F, Fut>(&self, call: F) -> Result<T>
+    /// Runs an authenticated call for `of`'s account ([`Error::Switched`]
+    /// if another is active by now): refresh first if needed, and after a
+    /// 401 one refresh and one retry. A call that finds the session over
+    /// ends it; one that finds no network takes the engine offline.
+    pub(crate) async fn authed<T, F, Fut>(&self, of: &Active, call: F) -> Result<T>
     where
         F: Fn(SecretString) -> Fut,
         Fut: Future<Output = std::result::Result<Answer<T>, ApiError>>,
     {
         self.reporter.ensure_network()?;
-        let (token, generation) = self.fresh_token().await?;
+        let (token, generation) = self.fresh_token(of).await?;
         let answer = match call(token).await {
             Err(ApiError::Unauthorized(_)) => {
-                self.refresh(generation).await?;
-                let (token, _) = self.current_token()?;
+                self.refresh(of, generation).await?;
+                let (token, _) = self.current_token(of)?;
                 call(token).await
             }
             other => other,
@@ -627,7 +777,7 @@ impl Session {
             Err(e) => {
                 let e = e.into_error();
                 if e.ends_session() {
-                    self.end(&e).await;
+                    self.end(of, &e).await;
                 }
                 self.lost_network(&e);
                 Err(e)
@@ -637,23 +787,21 @@ impl Session {
 
     /// `GET /v1/auth/session`, the reconnect check; on success the session
     /// is confirmed (and unlocked if the clock had been set back).
-    pub(crate) async fn confirm(&self) -> Result<SessionInfo> {
-        let server = self.server()?;
+    pub(crate) async fn confirm(&self, of: &Active) -> Result<SessionInfo> {
         let (http, t) = (self.http.clone(), self.timeouts);
         let info = self
-            .authed(|token| {
-                let (http, server) = (http.clone(), server.clone());
+            .authed(of, |token| {
+                let (http, server) = (http.clone(), of.server.clone());
                 async move { api::session(http.as_ref(), &server, &token, t).await }
             })
             .await?;
         let now = self.now();
-        let entry = {
-            let mut acc = lock(&self.account);
-            let acc = acc.as_mut().ok_or(Error::NotSignedIn)?;
+        let offset = self.clock.offset();
+        let entry = self.with_account(of, |acc| {
             acc.confirmed(now);
-            acc.entry.refresh_expires_at = info.refresh_expires_at - self.clock.offset();
+            acc.entry.refresh_expires_at = info.refresh_expires_at - offset;
             acc.entry.clone()
-        };
+        })?;
         self.keychain.persist(&entry).await;
         // An answer that arrives after Work offline was switched on
         // does not make the engine online (nor skip the offline policy).

@@ -16,12 +16,12 @@ use uuid::Uuid;
 use super::blocking::{blocking, lock};
 use super::report::Reporter;
 use super::revocations::Revocations;
-use super::session::Session;
+use super::session::{Active, Session};
 use crate::api::{self, Timeouts};
 use crate::error::{Error, Result};
 use crate::http::Http;
 use crate::status::StatusError;
-use crate::store::{LocalStore, SYNC_OK};
+use crate::store::SYNC_OK;
 
 /// At most this many ops per push.
 pub const PUSH_BATCH: usize = 500;
@@ -73,22 +73,30 @@ impl Syncer {
     async fn run_steps(&self, confirm: bool, upto: Option<i64>) -> Result<()> {
         self.reporter.ensure_network()?;
         let _guard = self.running.lock().await;
+        let of = self.session.active();
         // Most news is the echo of this device's own push, which comes while
         // that sync runs and is then pulled by it: pulling again would
         // double the pulls of every edit.
-        if let Some(cursor) = upto
-            && self.pulled_to(cursor).await
+        if let (Some(cursor), Ok(of)) = (upto, &of)
+            && pulled(of, cursor).await
         {
             return Ok(());
         }
-        let result = self.steps(confirm).await;
-        if let Ok(store) = self.session.store() {
+        let result = match &of {
+            Ok(of) => self.steps(of, confirm).await,
+            Err(e) => Err(e.clone()),
+        };
+        if matches!(result, Err(Error::Switched)) {
+            // Its account is not the one shown now; it syncs when active.
+            return result;
+        }
+        if let Ok(of) = of {
             let outcome = match &result {
                 Ok(()) => SYNC_OK.to_string(),
                 Err(e) => e.to_string(),
             };
             let now = self.session.now();
-            let _ = blocking(move || lock(&store).set_last_sync(now, &outcome)).await;
+            let _ = blocking(move || lock(&of.store).set_last_sync(now, &outcome)).await;
         }
         self.reporter
             .set_error(result.as_ref().err().map(StatusError::from));
@@ -99,23 +107,20 @@ impl Syncer {
     /// Nothing to pull up to `cursor`: this device's cursor is there or
     /// past it, or no session is left to pull for.
     pub(crate) async fn pulled_to(&self, cursor: i64) -> bool {
-        let Ok(store) = self.session.store() else {
-            return true;
-        };
-        blocking(move || lock(&store).cursor())
-            .await
-            .is_ok_and(|mine| mine >= cursor)
+        match self.session.active() {
+            Ok(of) => pulled(&of, cursor).await,
+            Err(_) => true,
+        }
     }
 
-    async fn steps(&self, confirm: bool) -> Result<()> {
+    async fn steps(&self, of: &Active, confirm: bool) -> Result<()> {
         if confirm {
             self.revocations.retry().await;
-            self.session.confirm().await?;
+            self.session.confirm(of).await?;
         }
         let pass = Pass {
             syncer: self,
-            server: self.session.server()?,
-            store: self.session.store()?,
+            of,
             too_large: Mutex::default(),
         };
         pass.run().await
@@ -127,6 +132,14 @@ impl Syncer {
         self.reporter.notes_changed(n);
         self.session.publish();
     }
+}
+
+/// `of`'s cursor is at `cursor` or past it.
+async fn pulled(of: &Active, cursor: i64) -> bool {
+    let store = of.store.clone();
+    blocking(move || lock(&store).cursor())
+        .await
+        .is_ok_and(|mine| mine >= cursor)
 }
 
 /// Push answers being applied, one after another, behind the pushes.
@@ -191,8 +204,8 @@ impl<'a> Behind<'a> {
 /// One sync's calls, over the session's authenticated requests.
 struct Pass<'a> {
     syncer: &'a Syncer,
-    server: String,
-    store: Arc<Mutex<LocalStore>>,
+    /// The account the sync is for, its server and its notes.
+    of: &'a Active,
     /// Ops refused as too large even alone (a proxy's lower limit): they
     /// stay queued, the rest of the sync goes on, and the sync says so.
     too_large: Mutex<Vec<Uuid>>,
@@ -216,7 +229,7 @@ impl Pass<'_> {
             return Ok(());
         }
         // Unsent again, so that an edit of the note can replace them.
-        let s = self.store.clone();
+        let s = self.of.store.clone();
         blocking(move || refused.into_iter().try_for_each(|op| lock(&s).unsend(op))).await?;
         Err(Error::TooLarge)
     }
@@ -229,11 +242,11 @@ impl Pass<'_> {
     ) -> Pin<Box<dyn Future<Output = Result<PushResponse>> + Send + '_>> {
         Box::pin(async move {
             let body = Arc::new(PushRequest { ops });
-            let (http, server, t) = (&self.syncer.http, &self.server, self.syncer.timeouts);
+            let (http, server, t) = (&self.syncer.http, &self.of.server, self.syncer.timeouts);
             let answer = self
                 .syncer
                 .session
-                .authed(|token| {
+                .authed(self.of, |token| {
                     let (http, server, body) = (http.clone(), server.clone(), body.clone());
                     async move { api::push(http.as_ref(), &server, &token, &body, t).await }
                 })
@@ -260,10 +273,10 @@ impl Pass<'_> {
     }
 
     async fn pull(&self, since: i64) -> Result<PullResponse> {
-        let (http, server, t) = (&self.syncer.http, &self.server, self.syncer.timeouts);
+        let (http, server, t) = (&self.syncer.http, &self.of.server, self.syncer.timeouts);
         self.syncer
             .session
-            .authed(|token| {
+            .authed(self.of, |token| {
                 let (http, server) = (http.clone(), server.clone());
                 async move { api::pull(http.as_ref(), &server, &token, since, PULL_PAGE, t).await }
             })
@@ -271,7 +284,7 @@ impl Pass<'_> {
     }
 
     async fn apply(&self, answer: PushResponse) -> Result<()> {
-        let s = self.store.clone();
+        let s = self.of.store.clone();
         let changed = blocking(move || lock(&s).apply_push(&answer.results)).await?;
         self.syncer.notes_changed(changed);
         Ok(())
@@ -279,7 +292,7 @@ impl Pass<'_> {
 
     /// The outbox's next batch, with the cursor the pull starts from.
     async fn look(&self) -> Result<(Vec<Op>, i64)> {
-        let s = self.store.clone();
+        let s = self.of.store.clone();
         blocking(move || {
             let mut store = lock(&s);
             Ok((store.next_batch(PUSH_BATCH)?, store.cursor()?))
@@ -342,7 +355,7 @@ impl Pass<'_> {
         ops: Vec<Op>,
         behind: &mut Behind<'_>,
     ) -> Result<(PushResponse, Vec<Op>)> {
-        let s = self.store.clone();
+        let s = self.of.store.clone();
         let prepare = blocking(move || lock(&s).next_unsent_batch(PUSH_BATCH));
         let (answer, next) = behind
             .alongside(async { tokio::join!(self.push(ops), prepare) })
@@ -370,7 +383,7 @@ impl Pass<'_> {
         loop {
             let more = page.more && page.cursor > since;
             since = page.cursor;
-            let s = self.store.clone();
+            let s = self.of.store.clone();
             let apply = async {
                 let changed = blocking(move || lock(&s).apply_pull(&page)).await?;
                 self.syncer.notes_changed(changed);
@@ -392,20 +405,20 @@ impl Pass<'_> {
         tracing::warn!(
             "the server is behind this device (restored from a backup?); resyncing from 0"
         );
-        let s = self.store.clone();
+        let s = self.of.store.clone();
         blocking(move || lock(&s).begin_resync()).await?;
         let mut since = 0;
         loop {
             let page = self.pull(since).await?;
             let more = page.more && page.cursor > since;
             since = page.cursor;
-            let (s, now) = (self.store.clone(), self.syncer.session.now());
+            let (s, now) = (self.of.store.clone(), self.syncer.session.now());
             blocking(move || lock(&s).apply_resync_page(&page, now)).await?;
             if !more {
                 break;
             }
         }
-        let (s, now) = (self.store.clone(), self.syncer.session.now());
+        let (s, now) = (self.of.store.clone(), self.syncer.session.now());
         blocking(move || lock(&s).finish_resync(since, now)).await?;
         self.syncer.notes_changed(1);
         Ok(())
