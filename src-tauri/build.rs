@@ -18,6 +18,13 @@ const COMMANDS: &[&str] = &[
     "note_history",
     "export_all",
     "cancel_export",
+    "device_name",
+    "set_device_name",
+    "switch_account",
+    "list_sessions",
+    "revoke_session",
+    "revoke_other_sessions",
+    "change_password",
 ];
 
 fn main() {

@@ -1188,6 +1188,238 @@ fn inner_library() {
     });
 }
 
+/// Whether the server still takes `token` (`GET /v1/auth/session`).
+async fn token_works(url: &str, token: &str) -> bool {
+    web()
+        .get(format!("{url}/v1/auth/session"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success()
+}
+
+/// The device names `token`'s user has signed in with, as the server lists them.
+async fn device_names(url: &str, token: &str) -> Vec<Option<String>> {
+    let listed: latchkey_protocol::SessionsResponse = web()
+        .get(format!("{url}/v1/auth/sessions"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed.sessions.into_iter().map(|s| s.device_name).collect()
+}
+
+/// The `data-` attribute `attr` of every element with test id `id`.
+async fn attrs(c: &Client, id: &str, attr: &str) -> Vec<String> {
+    let v = js(
+        c,
+        &format!(
+            "return [...document.querySelectorAll('{}')].map(e => e.getAttribute('data-{attr}'));",
+            tid(id)
+        ),
+    )
+    .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Issue 13 in the window: the Account panel lists this device and
+/// another, signs that one out, learns of a revocation from elsewhere
+/// (the unsynced edit kept), changes the password, and adds a second
+/// account, switched to and back, offline too.
+#[test]
+fn real_window_accounts() {
+    in_desktop_session("inner_accounts", true);
+}
+
+#[test]
+#[ignore = "runs inside Xvfb + its own D-Bus session, started by the test above"]
+fn inner_accounts() {
+    assert!(std::env::var_os(INNER_ENV).is_some());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = TestServer::start(&[]);
+        server.add_user("vera", PW);
+        server.add_user("walt", PW);
+        let url = server.url();
+        let work = tempfile::tempdir().unwrap();
+        let wrapper = app_wrapper(work.path());
+        let _log = LogOnFailure(work.path().join("app.log"));
+        let driver = Driver::start();
+        let c = launch(&driver, &wrapper).await;
+        sign_in(&c, &url, "vera", PW).await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+        write_note(&c, None, "Vera's plan", "step one").await;
+        wait_text(&c, "status-pending", "0", 20).await;
+
+        // 22. the Account panel lists this device and a second one that
+        // signed in over HTTP
+        let laptop = OtherDevice::sign_in(&url, "vera", PW).await;
+        click(&c, "account-open").await;
+        wait_until("two devices listed", 15, || async {
+            count(&c, "session-item").await == 2
+        })
+        .await;
+        let mut current = attrs(&c, "session-item", "current").await;
+        current.sort();
+        assert_eq!(current, ["false", "true"], "this device marked");
+        let this = js(
+            &c,
+            "return document.querySelector('[data-testid=\"session-item\"][data-current=\"true\"]').textContent;",
+        )
+        .await;
+        assert!(this.as_str().unwrap().contains("This device"), "{this}");
+        assert!(!value(&c, "device-name").await.is_empty(), "the host name");
+        shot(&c, "22-account-devices").await;
+
+        // 23. it signs the other device out (asked once more first), and
+        // that device's token is refused
+        click(&c, "session-revoke").await;
+        assert_eq!(count(&c, "session-item").await, 2, "the first click asks");
+        assert!(text(&c, "session-revoke").await.contains("Click again"));
+        click(&c, "session-revoke").await;
+        wait_until("the device gone from the list", 15, || async {
+            count(&c, "session-item").await == 1
+        })
+        .await;
+        wait_until("the other device's token refused", 10, || async {
+            !token_works(&url, &laptop.token).await
+        })
+        .await;
+
+        // The device is named for the next sign-in.
+        fill(&c, "device-name", "Vera's desktop\n").await;
+        wait_until("the name saved", 10, || async {
+            js(
+                &c,
+                "return document.getElementById('device-message').textContent;",
+            )
+            .await
+            .as_str()
+            .is_some_and(|m| m.starts_with("Saved"))
+        })
+        .await;
+
+        // 24. a second device signs out all the others while this one has
+        // an unsynced edit: the sign-in form within seconds, the edit kept
+        // and synced after signing in again
+        click(&c, "work-offline").await;
+        wait_text(&c, "status-connectivity", "working offline", 10).await;
+        write_note(&c, None, "Kept", "typed before the revocation").await;
+        wait_text(&c, "status-pending", "1", 10).await;
+        let phone = OtherDevice::sign_in(&url, "vera", PW).await;
+        let res = web()
+            .post(format!("{url}/v1/auth/sessions/revoke-others"))
+            .bearer_auth(&phone.token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "revoke-others: {}", res.status());
+        click(&c, "work-offline").await;
+        wait_visible(&c, "login-submit", "login-submit", 15).await;
+        assert_eq!(value(&c, "login-username").await, "vera");
+        shot(&c, "24-revoked-by-another-device").await;
+        fill(&c, "login-password", PW).await;
+        click(&c, "login-submit").await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+        phone.note("Kept").await;
+        let names = device_names(&url, &phone.token).await;
+        assert!(
+            names.contains(&Some("Vera's desktop".into())),
+            "signed in again under the new name: {names:?}"
+        );
+
+        // 25. the password is changed in the app: a wrong current one is a
+        // clear sentence; then the phone is signed out, this app stays
+        click(&c, "account-open").await;
+        fill(&c, "password-current", "not the password").await;
+        fill(&c, "password-new", "a new password 1").await;
+        fill(&c, "password-confirm", "a new password 1").await;
+        click(&c, "password-submit").await;
+        wait_text(&c, "password-result", "The current password is wrong.", 15).await;
+        fill(&c, "password-current", PW).await;
+        click(&c, "password-submit").await;
+        wait_contains(&c, "password-result", "Password changed", 15).await;
+        assert!(
+            text(&c, "password-result")
+                .await
+                .contains("1 other device was signed out")
+        );
+        shot(&c, "25-password-changed").await;
+        wait_until("the phone's token refused", 10, || async {
+            !token_works(&url, &phone.token).await
+        })
+        .await;
+        assert_eq!(text(&c, "status-connectivity").await, "online");
+        assert_eq!(
+            value(&c, "password-current").await,
+            "",
+            "no password left in the form"
+        );
+
+        // 26. a second account is added: Vera stays signed in
+        click(&c, "account-add").await;
+        wait_visible(&c, "login-submit", "login-submit", 10).await;
+        fill(&c, "login-username", "walt").await;
+        fill(&c, "login-password", PW).await;
+        click(&c, "login-submit").await;
+        wait_text(&c, "status-user", "walt", 30).await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+        assert!(note_titles(&c).await.is_empty(), "none of Vera's notes");
+        write_note(&c, None, "Walt's list", "his").await;
+        wait_text(&c, "status-pending", "0", 20).await;
+        click(&c, "account-open").await;
+        wait_until("two accounts listed", 10, || async {
+            count(&c, "account-item").await == 2
+        })
+        .await;
+        assert_eq!(attrs(&c, "account-item", "active").await, ["false", "true"]);
+        shot(&c, "26-two-accounts").await;
+
+        // 27. switched to Vera and back offline, then online
+        click(&c, "work-offline").await;
+        wait_text(&c, "status-connectivity", "working offline", 10).await;
+        click(&c, "account-switch").await;
+        wait_text(&c, "status-user", "vera", 10).await;
+        click(&c, "account-close").await;
+        wait_until("Vera's notes", 10, || async {
+            let mut t = note_titles(&c).await;
+            t.sort();
+            t == ["Kept", "Vera's plan"]
+        })
+        .await;
+        shot(&c, "27-switched-offline").await;
+        click(&c, "account-open").await;
+        wait_until("Vera active", 10, || async {
+            attrs(&c, "account-item", "active").await == ["true", "false"]
+        })
+        .await;
+        click(&c, "account-switch").await;
+        wait_text(&c, "status-user", "walt", 10).await;
+        click(&c, "account-close").await;
+        wait_until("Walt's notes", 10, || async {
+            note_titles(&c).await == ["Walt's list"]
+        })
+        .await;
+        click(&c, "work-offline").await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+        click(&c, "account-open").await;
+        click(&c, "account-switch").await;
+        wait_text(&c, "status-user", "vera", 10).await;
+        wait_text(&c, "status-connectivity", "online", 30).await;
+        quit(c, work.path()).await;
+    });
+}
+
 #[test]
 fn without_a_keychain_sign_in_says_so() {
     in_desktop_session("inner_no_keychain", false);

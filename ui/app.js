@@ -1,4 +1,6 @@
 import { api, onEvent, onStatus, onClose, sentence } from "./ipc.js";
+import { formatDate, formatTime, hostOf } from "./format.js";
+import { initAccount, openAccount, renderAccount } from "./account.js";
 
 const $ = (id) => document.getElementById(id);
 const SAVE_DELAY_MS = 400;
@@ -23,8 +25,10 @@ let listKey = "";
 /** What the search box holds: while not blank, the list shows its hits. */
 let searchQuery = "";
 let searchTimer = null;
-/** "notes" (list and editor) or "trash". */
+/** "notes" (list and editor), "trash" or "account". */
 let view = "notes";
+/** The sign-in form is open for another account, the active one staying. */
+let adding = false;
 /** A sentence for the banner from the app itself (a failed action, a
  *  conflict copy): shown for a while, whatever status updates come. */
 let notice = null;
@@ -37,15 +41,23 @@ function showScreen(name) {
   $("app").hidden = name !== "app";
 }
 
+const SIGNED_IN = ["online", "offline", "locked"];
+
+/** Which account a status shows, if any. */
+function accountOf(st) {
+  return st && st.user && SIGNED_IN.includes(st.state) ? `${st.server}|${st.user.id}` : null;
+}
+
 function render(st) {
   const prev = status;
   status = st;
-  const signedIn = ["online", "offline", "locked"].includes(st.state);
-  if (!signedIn) {
+  const signedIn = SIGNED_IN.includes(st.state);
+  if (!signedIn || adding) {
     renderSignin(st, prev);
     return;
   }
   showScreen("app");
+  if (accountOf(prev) && accountOf(prev) !== accountOf(st)) accountChanged();
   renderStatusBar(st);
   const locked = st.state === "locked";
   $("locked-banner").hidden = !locked;
@@ -54,18 +66,31 @@ function render(st) {
     : "";
   $("workspace").hidden = locked;
   renderBanner();
-  const key = `${st.state}|${st.pending}|${st.notes_changed}|${st.last_sync_at}|${st.user && st.user.id}`;
+  const key = `${st.state}|${st.pending}|${st.notes_changed}|${st.last_sync_at}|${accountOf(st)}`;
   if (!locked && key !== listKey) {
     listKey = key;
     refreshList();
   }
-  if (prev && !["online", "offline", "locked"].includes(prev.state)) {
+  if (prev && !SIGNED_IN.includes(prev.state)) {
     refreshList();
   }
+  if (view === "account") renderAccount(st);
+}
+
+/** Another account shows now: nothing of the one before stays on screen. */
+function accountChanged() {
+  closeEditor();
+  notes = [];
+  $("note-list").replaceChildren();
+  clearTimeout(searchTimer);
+  $("search-box").value = "";
+  searchQuery = "";
+  notice = null;
+  if (view === "trash") refreshTrash();
 }
 
 function renderSignin(st, prev) {
-  const wasSignedIn = prev && ["online", "offline", "locked"].includes(prev.state);
+  const wasSignedIn = prev && SIGNED_IN.includes(prev.state);
   if (wasSignedIn || $("signin").hidden) {
     // The session may end while the user types: what they typed is saved
     // (for this same user, it syncs after they sign in again).
@@ -79,8 +104,12 @@ function renderSignin(st, prev) {
     showNotes();
   }
   showScreen("signin");
+  $("login-cancel").hidden = !adding;
   const ctx = $("login-context");
-  if (st.state === "expired") {
+  if (adding) {
+    ctx.textContent = `Sign in to another account. ${st.user ? st.user.username : "The active account"} stays signed in: switch back from Account.`;
+    ctx.className = "muted";
+  } else if (st.state === "expired") {
     ctx.textContent = "Your session has expired. Sign in again: your notes and unsynced changes are kept and will sync.";
     ctx.className = "notice";
   } else if (st.state === "revoked") {
@@ -90,11 +119,70 @@ function renderSignin(st, prev) {
     ctx.textContent = "Sign in once while online; your notes then work offline too.";
     ctx.className = "muted";
   }
-  if (st.user && !$("login-username").value) $("login-username").value = st.user.username;
-  if (st.server && !$("login-server").value) $("login-server").value = st.server;
+  if (!adding) {
+    if (st.user && !$("login-username").value) $("login-username").value = st.user.username;
+    if (st.server && !$("login-server").value) $("login-server").value = st.server;
+  }
   if (st.last_error && st.state === "signed_out" && !$("login-error").textContent) {
     showLoginError(sentence(st.last_error));
   }
+  renderSigninAccounts(st);
+}
+
+/** Signed out of one account (or it ended), the others are a click away. */
+function renderSigninAccounts(st) {
+  const others = adding ? [] : (st.accounts || []).filter((a) => !a.active);
+  $("signin-accounts").hidden = others.length === 0;
+  $("signin-account-list").replaceChildren(...others.map((a) => {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.setAttribute("data-testid", "signin-account-switch");
+    b.className = "ghost";
+    b.textContent = `${a.username} · ${hostOf(a.server)}`;
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      try {
+        render(await api.switchAccount(a.server, a.username));
+      } catch (err) {
+        showLoginError(sentence(err));
+      } finally {
+        b.disabled = false;
+      }
+    });
+    li.append(b);
+    return li;
+  }));
+}
+
+/** Before another account shows: the editor's text saved (in the account
+ *  it was typed in) and the editor closed. False if a text could not be
+ *  saved: the account stays, so that the text never lands in another. */
+async function beforeSwitch() {
+  await flush();
+  if (unsaved.size || (draft && draft.dirty)) {
+    showBanner("A note could not be saved yet, so the account stays as it is. Try again once it is saved.");
+    return false;
+  }
+  closeEditor();
+  return true;
+}
+
+async function addAccount() {
+  if (!(await beforeSwitch())) return;
+  adding = true;
+  $("login-username").value = "";
+  $("login-password").value = "";
+  showLoginError("");
+  render(status);
+  $("login-username").focus();
+}
+
+function cancelAdding() {
+  adding = false;
+  $("login-password").value = "";
+  showLoginError("");
+  render(status);
 }
 
 function renderStatusBar(st) {
@@ -109,6 +197,7 @@ function renderStatusBar(st) {
     ? `· failed at ${formatTime(st.last_sync_attempt_at)}: ${st.last_sync_result}`
     : "";
   $("status-user").textContent = st.user ? st.user.username : "";
+  $("status-server").textContent = st.server ? `on ${hostOf(st.server)}` : "";
   $("status-until").textContent = st.offline_until ? `· works offline until ${formatDate(st.offline_until)}` : "";
   $("work-offline").checked = st.work_offline;
   const index = st.search_index;
@@ -116,17 +205,6 @@ function renderStatusBar(st) {
   $("search-index").textContent = index
     ? `· preparing search ${Math.floor((100 * index.done) / Math.max(index.total, 1))}%`
     : "";
-}
-
-function formatTime(secs) {
-  const d = new Date(secs * 1000);
-  const today = new Date();
-  const sameDay = d.toDateString() === today.toDateString();
-  return sameDay ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }) : d.toLocaleString();
-}
-
-function formatDate(secs) {
-  return new Date(secs * 1000).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
 }
 
 // ---- sign-in -------------------------------------------------------------
@@ -152,6 +230,7 @@ async function onSignin(ev) {
   try {
     const st = await api.signIn(server, username, password);
     $("login-password").value = "";
+    adding = false;
     render(st);
   } catch (err) {
     showLoginError(sentence(err));
@@ -259,7 +338,7 @@ function onKey(e) {
   } else if (e.key === "Escape") {
     if (!$("history-view").hidden) {
       closeHistory();
-    } else if (view === "trash") {
+    } else if (view === "trash" || view === "account") {
       showNotes();
     } else if (document.activeElement === $("search-box") || searchQuery) {
       e.preventDefault();
@@ -276,19 +355,34 @@ async function openTrash() {
   view = "trash";
   $("editor-empty").hidden = true;
   $("editor-body").hidden = true;
+  $("account-view").hidden = true;
   $("trash-view").hidden = false;
   disarmEmptyTrash();
   await refreshTrash();
   $("trash-close").focus();
 }
 
-/** Back from the trash to the list and the editor. */
+/** Back from the trash or the account panel to the list and the editor. */
 function showNotes() {
-  if (view !== "trash") return;
+  if (view === "notes") return;
   view = "notes";
   $("trash-view").hidden = true;
+  $("account-view").hidden = true;
   if (draft) showDraft();
   else $("editor-empty").hidden = false;
+}
+
+// ---- account ---------------------------------------------------------------
+
+async function openAccountView() {
+  await flush();
+  closeHistory();
+  view = "account";
+  $("editor-empty").hidden = true;
+  $("editor-body").hidden = true;
+  $("trash-view").hidden = true;
+  $("account-view").hidden = false;
+  await openAccount();
 }
 
 async function refreshTrash() {
@@ -513,6 +607,7 @@ function closeEditor() {
 function showDraft() {
   view = "notes";
   $("trash-view").hidden = true;
+  $("account-view").hidden = true;
   $("editor-empty").hidden = true;
   $("editor-body").hidden = false;
   $("note-title").value = draft.title;
@@ -694,6 +789,15 @@ async function start() {
   $("history-close").addEventListener("click", closeHistory);
   $("export-all").addEventListener("click", exportAll);
   $("export-cancel").addEventListener("click", onExportCancel);
+  $("account-open").addEventListener("click", openAccountView);
+  $("login-cancel").addEventListener("click", cancelAdding);
+  initAccount({
+    status: () => status,
+    leave: showNotes,
+    beforeSwitch,
+    render,
+    addAccount,
+  });
   document.addEventListener("keydown", onKey);
   document.addEventListener("visibilitychange", () => { if (document.hidden) flush(); });
   window.addEventListener("pagehide", () => { flush(); });

@@ -24,6 +24,9 @@ const SENTENCES = {
   cursor_ahead: "The server has lost recent changes; Latchkey is sending them again.",
   offline: "That needs the server, and Latchkey is offline now. Everything else keeps working.",
   export: "The notes could not be exported.",
+  wrong_password: "The current password is wrong.",
+  session_not_found: "That device is not signed in any more.",
+  account_switched: "Another account became active; this was left for later.",
 };
 
 /** A sentence for an error from Rust ({code, message}). */
@@ -75,4 +78,11 @@ export const api = {
   noteHistory: (id) => call("note_history", { id }),
   exportAll: () => call("export_all"),
   cancelExport: () => call("cancel_export"),
+  deviceName: () => call("device_name"),
+  setDeviceName: (name) => call("set_device_name", { name }),
+  switchAccount: (server, username) => call("switch_account", { server, username }),
+  listSessions: () => call("list_sessions"),
+  revokeSession: (sessionId) => call("revoke_session", { sessionId }),
+  revokeOtherSessions: () => call("revoke_other_sessions"),
+  changePassword: (current, next) => call("change_password", { current, new: next }),
 };

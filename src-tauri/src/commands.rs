@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::state::{AppState, Settings, read_settings, save_setting};
 
+pub mod account;
 pub mod library;
 #[cfg(test)]
 mod tests;

@@ -115,6 +115,13 @@ fn with_commands<R: Runtime>(builder: Builder<R>) -> Builder<R> {
             commands::library::note_history,
             commands::library::export_all,
             commands::library::cancel_export,
+            commands::account::device_name,
+            commands::account::set_device_name,
+            commands::account::switch_account,
+            commands::account::list_sessions,
+            commands::account::revoke_session,
+            commands::account::revoke_other_sessions,
+            commands::account::change_password,
         ])
 }
 

@@ -31,6 +31,8 @@ pub use export::{ExportReport, export_notes};
 pub use http::{Http, ReqwestHttp};
 /// A note's earlier version, as [`Engine::note_history`] lists it.
 pub use latchkey_protocol::NoteVersion;
+/// A device signed in to the account, as [`Engine::list_sessions`] lists it.
+pub use latchkey_protocol::SessionSummary;
 /// Tokens and passwords in memory (see `latchkey_protocol::secret`).
 pub use latchkey_protocol::{ExposeSecret, SecretString};
 pub use status::{AccountItem, SessionState, Status, StatusError};
