@@ -251,3 +251,77 @@ fn history_offline_says_it_needs_the_server() {
             .is_some_and(|m| m.contains("needs the server"))
     );
 }
+
+#[test]
+fn the_account_commands_show_devices_and_accounts_and_never_a_secret() {
+    let s = signed_in();
+    s.server.add_user("bob", PW);
+    let name = s
+        .app
+        .ok("set_device_name", json!({"name": "  Study desk "}));
+    assert_eq!(name, "Study desk");
+    assert_eq!(s.app.ok("device_name", json!({})), "Study desk");
+    let e = s
+        .app
+        .err("set_device_name", json!({"name": "x".repeat(65)}));
+    assert_eq!(e["code"], "invalid_input", "{e}");
+
+    // The device list: this device only, no token in it.
+    let sessions = s.app.ok("list_sessions", json!({}));
+    let sessions = sessions.as_array().expect("a list");
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0]["current"], true);
+    let account = s.vault.accounts().pop().expect("a keychain entry");
+    let entry = VaultEntry::from_json(&s.vault.raw(&account).expect("stored")).expect("valid");
+    let e = s.app.err(
+        "revoke_session",
+        json!({"sessionId": entry.session_id.clone()}),
+    );
+    assert_eq!(
+        e["code"], "invalid_input",
+        "this device signs out with Sign out: {e}"
+    );
+
+    // A wrong current password is its own code, and the session stays.
+    let e = s.app.err(
+        "change_password",
+        json!({"current": "not it", "new": "a long new password"}),
+    );
+    assert_eq!(e["code"], "wrong_password", "{e}");
+    assert!(!e.to_string().contains("a long new password"), "{e}");
+    assert_eq!(s.app.ok("status", json!({}))["state"], "online");
+
+    // A second account, and the switch back: both listed, one active.
+    s.app.ok(
+        "sign_in",
+        json!({"serverUrl": s.server.url(), "username": "bob", "password": PW}),
+    );
+    let status = s.app.ok(
+        "switch_account",
+        json!({"server": s.server.url(), "username": "ann"}),
+    );
+    assert_eq!(status["user"]["username"], "ann", "{status}");
+    let accounts: Vec<(String, bool)> = status["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .map(|a| {
+            (
+                a["username"].as_str().unwrap_or("").to_owned(),
+                a["active"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        accounts,
+        [("ann".to_owned(), true), ("bob".to_owned(), false)]
+    );
+    let text = format!("{status}{sessions:?}");
+    for secret in [
+        PW,
+        entry.access_token.expose_secret(),
+        entry.refresh_token.expose_secret(),
+    ] {
+        assert!(!text.contains(secret), "a secret in a reply: {text}");
+    }
+}
