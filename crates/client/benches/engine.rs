@@ -34,12 +34,19 @@
 //!   administrator's `latchkey-server session revoke` (another process)
 //!   while an engine is online: from the command's start to the engine in
 //!   `revoked`, the moment the app shows the sign-in form (target < 2 s).
+//! * `accounts`: two accounts signed in on one engine, `--notes` notes
+//!   each (default 10,000 here too), switched back and forth: working
+//!   offline, from `switch_account` to the other account's list read
+//!   (`--switches` times, default 200); then online, from the switch to the
+//!   status `online` for the account switched to (its server's session
+//!   check; 50 times).
 //!
 //! `cargo bench -p latchkey-client --bench engine [-- OPTIONS]`, options:
-//! `--only restore|save|sync|store|live` (comma-separated), `--restores N`
+//! `--only restore|save|sync|store|live|accounts` (comma-separated), `--restores N`
 //! (default 200), `--saves N` (default 3000), `--notes N` (default 10000),
 //! `--rounds N` (sync rounds, default 3; the medians are the figures),
-//! `--edits N` (live edits per run, default 200), `--no-keyring` (skip the
+//! `--edits N` (live edits per run, default 200), `--switches N` (default
+//! 200), `--no-keyring` (skip the
 //! Secret Service run). The server is the test
 //! kit's (`latchkey_testkit::TestServer`): its binary built for the bench's
 //! profile (release) unless `LATCHKEY_SERVER_BIN` names one.
@@ -128,6 +135,9 @@ fn main() -> ExitCode {
     if opts.live {
         rt.block_on(live(opts.edits));
     }
+    if opts.accounts {
+        rt.block_on(accounts(opts.notes, opts.switches));
+    }
     load("end");
     ExitCode::SUCCESS
 }
@@ -138,12 +148,14 @@ struct Options {
     sync: bool,
     store: bool,
     live: bool,
+    accounts: bool,
     keyring: bool,
     restores: usize,
     saves: usize,
     notes: usize,
     rounds: usize,
     edits: usize,
+    switches: usize,
 }
 
 impl Options {
@@ -154,12 +166,14 @@ impl Options {
             sync: true,
             store: true,
             live: true,
+            accounts: true,
             keyring: true,
             restores: 200,
             saves: 3000,
             notes: 10_000,
             rounds: 3,
             edits: 200,
+            switches: 200,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -174,12 +188,13 @@ impl Options {
                 "--only" => {
                     let what = it
                         .next()
-                        .ok_or("--only takes restore, save, sync, store or live")?;
+                        .ok_or("--only takes restore, save, sync, store, live or accounts")?;
                     o.restore = false;
                     o.save = false;
                     o.sync = false;
                     o.store = false;
                     o.live = false;
+                    o.accounts = false;
                     for w in what.split(',') {
                         match w {
                             "restore" => o.restore = true,
@@ -187,6 +202,7 @@ impl Options {
                             "sync" => o.sync = true,
                             "store" => o.store = true,
                             "live" => o.live = true,
+                            "accounts" => o.accounts = true,
                             other => return Err(format!("unknown bench {other}")),
                         }
                     }
@@ -197,6 +213,7 @@ impl Options {
                 "--notes" => o.notes = value("--notes")?,
                 "--rounds" => o.rounds = value("--rounds")?.max(1),
                 "--edits" => o.edits = value("--edits")?,
+                "--switches" => o.switches = value("--switches")?,
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -1046,4 +1063,82 @@ async fn live_run(server: &TestServer, label: &str, debounce: Option<Duration>, 
         visible.len()
     );
     assert_eq!(b.status().state, SessionState::Online);
+}
+
+// ---------------------------------------------------------------- accounts
+
+/// Switches between two accounts of one engine, `notes` notes each.
+async fn accounts(notes: usize, switches: usize) {
+    println!("\n## accounts: switching between two accounts of {notes} notes each");
+    let server = TestServer::start(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let http = TimingHttp::new();
+    let e = Engine::start(
+        Config::new(data.path()),
+        Arc::new(MemoryVault::new()),
+        Arc::new(http.clone()),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    for user in ["acct-a", "acct-b"] {
+        server.add_user(user, PASSWORD);
+        e.sign_in(&server.url(), user, PASSWORD).await.unwrap();
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    e.set_work_offline(true);
+    for user in ["acct-a", "acct-b"] {
+        e.switch_account(&server.url(), user).await.unwrap();
+        for i in 0..notes {
+            e.save_note(None, None, format!("{user} {i}"), body_of(&mut rng, i))
+                .await
+                .unwrap();
+        }
+    }
+    load("accounts");
+    let user = |i: usize| if i.is_multiple_of(2) { "acct-a" } else { "acct-b" };
+    let (mut switched, mut listed) = (Vec::new(), Vec::new());
+    for i in 0..switches {
+        let t0 = Instant::now();
+        e.switch_account(&server.url(), user(i)).await.unwrap();
+        switched.push(t0.elapsed());
+        let list = e.list_notes().await.unwrap();
+        listed.push(t0.elapsed());
+        assert_eq!(list.len(), notes);
+        assert!(list[0].title.starts_with(user(i)));
+    }
+    summary("offline: switch_account", &mut switched);
+    summary("offline: switch + the other's whole list", &mut listed);
+
+    // Online: both synced first, then each switch until the account
+    // switched to has been checked and pulled (its session check and its
+    // pull answered).
+    e.set_work_offline(false);
+    for i in 0..2 {
+        e.switch_account(&server.url(), user(i)).await.unwrap();
+        wait_for(&e, 600, "synced", |s| {
+            s.state == SessionState::Online && s.pending == 0
+        })
+        .await;
+    }
+    let mut online = Vec::with_capacity(50);
+    for i in 0..50 {
+        let t0 = Instant::now();
+        e.switch_account(&server.url(), user(i)).await.unwrap();
+        let synced = loop {
+            let calls = http.since(t0);
+            let checked = calls.iter().any(|c| c.0 == "v1/auth/session");
+            let pulled = calls.iter().find(|c| c.0 == "v1/sync/pull");
+            if let (true, Some(pull)) = (checked, pulled) {
+                break pull.2;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no sync after the switch"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        online.push(synced - t0);
+    }
+    summary("online: switch to session check + pull", &mut online);
 }

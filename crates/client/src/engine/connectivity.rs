@@ -67,6 +67,11 @@ impl Plan {
                 self.attempt = 0;
                 self.now = true;
             }
+            Wake::Switched => {
+                self.attempt = 0;
+                self.now = true;
+                self.edit_due = Some(Instant::now());
+            }
         }
     }
 }
@@ -107,7 +112,7 @@ impl Connectivity {
     /// closes, and the new one is checked with its server and synced now.
     pub(crate) fn account_changed(&self) {
         self.live.want(false);
-        self.reporter.wake(Wake::Resume);
+        self.reporter.wake(Wake::Switched);
     }
 
     /// Runs a sync on its own task and keeps the heartbeat going meanwhile, so

@@ -24,6 +24,8 @@ pub(crate) enum Wake {
     Resume,
     /// A note was saved: sync soon, debounced.
     Edited,
+    /// Another account is active: check it with its server and sync now.
+    Switched,
 }
 
 /// The session's part of the status, as the session sees it when it
