@@ -1096,7 +1096,13 @@ async fn accounts(notes: usize, switches: usize) {
         }
     }
     load("accounts");
-    let user = |i: usize| if i.is_multiple_of(2) { "acct-a" } else { "acct-b" };
+    let user = |i: usize| {
+        if i.is_multiple_of(2) {
+            "acct-a"
+        } else {
+            "acct-b"
+        }
+    };
     let (mut switched, mut listed) = (Vec::new(), Vec::new());
     for i in 0..switches {
         let t0 = Instant::now();

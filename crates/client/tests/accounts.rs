@@ -492,3 +492,36 @@ async fn rapid_switches_during_syncs_lose_nothing_and_mix_nothing() {
     assert_eq!(dan.len(), 20, "{dan:?}");
     assert!(dan.iter().all(|b| b == "his"), "{dan:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sign_in_signs_nobody_out_and_a_new_one_replaces_the_old_session() {
+    let server = server_with(&["eve", "fay"]);
+    let d = device(&server.url(), "eve", "Desk").await;
+    d.sign_in(&server.url(), "fay", PW).await.unwrap();
+    wait_state(&d, SessionState::Online, SECS).await;
+
+    // A wrong password, for the account put away and for the active one:
+    // both stay signed in.
+    for (active, again) in [("fay", "eve"), ("eve", "eve")] {
+        d.switch_account(&server.url(), active).await.unwrap();
+        let e = d.sign_in(&server.url(), again, "wrong").await.unwrap_err();
+        assert_eq!(e, Error::InvalidCredentials);
+        let st = d.status();
+        assert_eq!(st.user.unwrap().username, active);
+        assert_eq!(st.accounts.len(), 2, "{:?}", st.accounts);
+        d.sync_now().await.expect("the active session still works");
+    }
+    d.switch_account(&server.url(), "eve").await.unwrap();
+    let old = id_of(&d, "Desk").await;
+
+    // Signing in to Eve again while she is put away: the new session
+    // replaces the old one, on the server too.
+    d.switch_account(&server.url(), "fay").await.unwrap();
+    d.sign_in(&server.url(), "eve", PW).await.unwrap();
+    wait_state(&d, SessionState::Online, SECS).await;
+    let sessions = d.list_sessions().await.unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_ne!(sessions[0].session_id, old);
+    assert_eq!(d.status().accounts.len(), 2);
+    assert_eq!(d.vault.accounts().len(), 2, "one keychain entry each");
+}

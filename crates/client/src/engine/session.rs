@@ -328,40 +328,50 @@ impl Session {
                 "enter a username and a password".into(),
             ));
         }
-        self.make_room(&server, username).await?;
+        // Fail before sending the password when there is nowhere safe to keep the session.
+        self.keychain
+            .load_ready(&account_name(&server, username))
+            .await?;
         let (entry, keys, claims) = self.obtain(&server, username, password).await?;
+        // Only with the new session in hand (a wrong password or a dead
+        // server changes nothing) does it replace the account's older one.
+        if let Err(e) = self.replace(&entry).await {
+            let _ = api::revoke(
+                self.http.as_ref(),
+                &entry.server,
+                &entry.refresh_token,
+                self.timeouts,
+            )
+            .await;
+            return Err(e);
+        }
         let store = self.keep(&entry).await?;
         self.install(Account::new(entry, keys, claims, store)).await
     }
 
-    /// Before the password is sent: the keychain can take the session, and
-    /// no other session of the same account stands in the new one's way.
-    /// Other accounts stay signed in.
-    async fn make_room(&self, server: &str, username: &str) -> Result<()> {
-        let name = account_name(server, username);
-        // Fail before sending the password when there is nowhere safe to keep the session.
-        let existing = self.keychain.load_ready(&name).await?;
+    /// A new session of `new`'s account replaces any other session of it
+    /// on this device: the active one signs out, one put away is revoked
+    /// (or kept to revoke later, offline). Other accounts stay signed in.
+    async fn replace(&self, new: &VaultEntry) -> Result<()> {
+        let name = new.account();
         let active_is_it = lock(&self.account)
             .as_ref()
             .is_some_and(|a| a.entry.account() == name);
         if active_is_it {
-            // The same account again: its current session signs out first.
             return self.sign_out(false).await;
         }
-        if let Some(old) = existing.as_deref().and_then(VaultEntry::from_json) {
-            if old.revoke_pending {
-                // Signed out offline by an older Latchkey, which kept the
-                // entry to revoke under the account's own name: the new
-                // session is about to take that name, so the old one moves
-                // to its own.
-                self.revocations.park(&old).await?;
-            } else {
-                // A session of this account, not active now: the new one
-                // replaces it.
-                self.revocations.revoke_or_park(&old).await?;
-            }
+        let old = self.keychain.load(&name).await?;
+        let Some(old) = old.as_deref().and_then(VaultEntry::from_json) else {
+            return Ok(());
+        };
+        if old.revoke_pending {
+            // Signed out offline by an older Latchkey, which kept the entry
+            // to revoke under the account's own name: the new session is
+            // about to take that name, so the old one moves to its own.
+            self.revocations.park(&old).await
+        } else {
+            self.revocations.revoke_or_park(&old).await
         }
-        Ok(())
     }
 
     /// The name this device signs in with: the user's choice, else the
