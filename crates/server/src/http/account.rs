@@ -12,6 +12,7 @@ use latchkey_protocol::{
 use super::Authed;
 use super::devices::mark_all_revoked;
 use super::extract::{ClientIp, JsonBody};
+use super::tokens::check_password;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
@@ -22,9 +23,8 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/account/password", post(change_password))
 }
 
-/// The current password is checked like a sign-in: through the throttle
-/// (a wrong one is a failed login of the user from this address) and the
-/// hasher's queue.
+/// The current password is checked as a sign-in checks one (throttled, a
+/// wrong one a failed login of the user from this address).
 async fn change_password(
     State(state): State<AppState>,
     authed: Authed,
@@ -35,35 +35,22 @@ async fn change_password(
     if let Some(problem) = password_length_problem(new_password) {
         return Err(AppError::InvalidRequest(problem));
     }
-    let username = &authed.session.username;
-    let attempt = state
-        .throttle
-        .begin(username, ip)
-        .await
-        .map_err(|retry_after| AppError::SlowDown { retry_after })?;
-    let Ok(slot) = state.hasher.enter() else {
-        attempt.abandon();
-        return Err(AppError::TemporarilyUnavailable { retry_after: 1 });
-    };
-    let user = state
-        .store
-        .find_user(username)
-        .await?
-        .filter(|u| u.id == authed.session.user_id);
-    let ok = slot
-        .verify(
-            change.current_password.expose_secret().to_owned(),
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await?;
-    let (true, Some(user)) = (ok, user) else {
-        tracing::info!(%ip, "wrong current password in a password change");
+    const WRONG: &str = "the current password is wrong";
+    let user = check_password(
+        &state,
+        &authed.session.username,
+        change.current_password.expose_secret(),
+        ip,
+        WRONG,
+    )
+    .await?;
+    if user.id != authed.session.user_id {
+        // The name now belongs to another user (deleted and made again).
         return Err(AppError::InvalidGrant {
             reason: Reason::Invalid,
-            description: "the current password is wrong",
+            description: WRONG,
         });
-    };
-    attempt.succeeded();
+    }
     let Ok(slot) = state.hasher.enter() else {
         return Err(AppError::TemporarilyUnavailable { retry_after: 1 });
     };

@@ -13,7 +13,7 @@ use crate::auth::bearer::{bearer, verify_with};
 use crate::auth::issue::{issue_access_token, random_token, token_hash};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::store::{RefreshOutcome, SessionRecord};
+use crate::store::{RefreshOutcome, SessionRecord, UserRecord};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -134,33 +134,16 @@ async fn password_grant(
     ip: std::net::IpAddr,
     now: i64,
 ) -> AppResult<TokenResponse> {
-    let attempt = state
-        .throttle
-        .begin(username, ip)
-        .await
-        .map_err(|retry_after| AppError::SlowDown { retry_after })?;
+    let user = check_password(
+        state,
+        username,
+        password,
+        ip,
+        "the username or password is wrong",
+    )
+    .await?;
     // The wait for attempts in flight may have taken a moment.
     let now = now.max(crate::clock::now());
-    let Ok(slot) = state.hasher.enter() else {
-        // No password was checked: this was no guess.
-        attempt.abandon();
-        return Err(AppError::TemporarilyUnavailable { retry_after: 1 });
-    };
-    let user = state.store.find_user(username).await?;
-    let ok = slot
-        .verify(
-            password.to_owned(),
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await?;
-    let (true, Some(user)) = (ok, user) else {
-        tracing::info!(%ip, "failed sign-in");
-        return Err(AppError::InvalidGrant {
-            reason: Reason::Invalid,
-            description: "the username or password is wrong",
-        });
-    };
-    attempt.succeeded();
     let refresh_token = random_token();
     let sid = uuid::Uuid::new_v4().to_string();
     let expires_at = now + state.settings.refresh_ttl as i64;
@@ -177,6 +160,46 @@ async fn password_grant(
         .await?;
     state.sessions.insert(session.clone());
     Ok(token_response(state, &session, refresh_token, now))
+}
+
+/// Checks `username`'s `password` as a sign-in does: through the throttle
+/// (429 `slow_down` past its limits; a wrong password counts as a failed
+/// login of the user from `ip`) and the hasher's queue (503 when full: no
+/// password was checked, so it is no guess). Returns the user; a wrong
+/// password (or an unknown user, which costs a hash too) is
+/// `invalid_grant` with `wrong` as its description.
+pub(super) async fn check_password(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    ip: std::net::IpAddr,
+    wrong: &'static str,
+) -> AppResult<UserRecord> {
+    let attempt = state
+        .throttle
+        .begin(username, ip)
+        .await
+        .map_err(|retry_after| AppError::SlowDown { retry_after })?;
+    let Ok(slot) = state.hasher.enter() else {
+        attempt.abandon();
+        return Err(AppError::TemporarilyUnavailable { retry_after: 1 });
+    };
+    let user = state.store.find_user(username).await?;
+    let ok = slot
+        .verify(
+            password.to_owned(),
+            user.as_ref().map(|u| u.password_hash.clone()),
+        )
+        .await?;
+    let (true, Some(user)) = (ok, user) else {
+        tracing::info!(%ip, "wrong password");
+        return Err(AppError::InvalidGrant {
+            reason: Reason::Invalid,
+            description: wrong,
+        });
+    };
+    attempt.succeeded();
+    Ok(user)
 }
 
 async fn refresh_grant(state: &AppState, presented: &str, now: i64) -> AppResult<TokenResponse> {
