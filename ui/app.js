@@ -197,8 +197,10 @@ function renderStatusBar(st) {
     ? `· failed at ${formatTime(st.last_sync_attempt_at)}: ${st.last_sync_result}`
     : "";
   $("status-user").textContent = st.user ? st.user.username : "";
-  $("status-server").textContent = st.server ? `on ${hostOf(st.server)}` : "";
-  $("status-until").textContent = st.offline_until ? `· works offline until ${formatDate(st.offline_until)}` : "";
+  $("status-server").textContent = st.server ? `@${hostOf(st.server)}` : "";
+  const until = st.offline_until ? `Works offline until ${formatDate(st.offline_until)}` : "";
+  $("status-until").textContent = until;
+  $("status-until").title = until;
   $("work-offline").checked = st.work_offline;
   const index = st.search_index;
   $("search-index").hidden = !index;
