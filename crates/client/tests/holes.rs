@@ -391,8 +391,9 @@ fn copy_db(from: &Path, to: &Path) {
     }
 }
 
-/// Item 6: a server restored from an older backup gets back what the
-/// device has (PROTOCOL.md v1.1: `cursor_ahead`).
+/// Item 6: a server restored from an older backup (taken online with
+/// `latchkey-server backup`) gets back what the device has (PROTOCOL.md
+/// v1.1: `cursor_ahead`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restored_from_a_backup_gets_everything_back() {
     let mut server = TestServer::start(&[]);
@@ -410,9 +411,21 @@ async fn a_server_restored_from_a_backup_gets_everything_back() {
         ids.push(n.id);
     }
     synced(&e).await;
-    server.stop();
-    copy_db(&server.db(), &backup);
-    server.restart();
+    // `latchkey-server backup`, while the server runs and the device syncs.
+    e.save_note(None, None, "during".into(), "the backup".into())
+        .await
+        .unwrap();
+    let out = server.cli(&["backup", "--to", backup.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("(users 1, notes ") && said.contains("checks out"),
+        "{said}"
+    );
     // After the backup: an edit, a new note, a delete.
     e.save_note(Some(ids[0]), None, "n0".into(), "v2 0".into())
         .await

@@ -34,6 +34,17 @@ pub enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Copy the database to a new file, consistently, while the server
+    /// runs (SQLite's online backup), and check the copy. Restore: stop the
+    /// server, put the copy in place of the database (removing its -wal and
+    /// -shm files), start it; devices give back what the copy lacks.
+    Backup {
+        /// The new file (never overwritten).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 /// Where the database lives; shared by every subcommand.

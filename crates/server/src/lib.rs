@@ -61,5 +61,6 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
         Command::User(cmd) => admin::user(cmd).await,
         Command::Session(cmd) => admin::session(cmd).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
+        Command::Backup { to, db } => admin::backup(&db.db, &to).await,
     }
 }

@@ -1722,3 +1722,56 @@ async fn sign_ins_give_their_memory_back() {
     let rss = rss_mib(srv.process.pid());
     assert!(rss < 128, "the server holds {rss} MiB after 100 sign-ins");
 }
+
+#[test]
+fn cli_backup_copies_a_checked_database_and_never_overwrites() {
+    let env = Env::new();
+    let (name, _) = env.add_user();
+    let backup = env.dir.path().join("backup.db");
+    let to = backup.to_str().unwrap();
+    let out = env.cli(&["backup", "--to", to], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said_out = text(&out.stdout);
+    assert!(
+        said_out.contains("(users 1, notes 0,") && said_out.contains("checks out"),
+        "{said_out}"
+    );
+    // The copy is a whole database of its own: the user is in it.
+    let listed = run(&["user", "list", "--db", to], None);
+    assert!(
+        text(&listed.stdout).contains(&name),
+        "{}",
+        text(&listed.stdout)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the copy is private");
+    }
+
+    // Into an existing file, or from no database: one clear sentence, and
+    // nothing written.
+    let before = std::fs::read(&backup).unwrap();
+    let out = env.cli(&["backup", "--to", to], None);
+    let err = assert_clean_failure(&out, "backup over a file");
+    assert_eq!(said(&err).len(), 1, "{err}");
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(std::fs::read(&backup).unwrap(), before);
+    let missing = env.dir.path().join("missing.db");
+    let other = env.dir.path().join("other.db");
+    let out = run(
+        &[
+            "backup",
+            "--to",
+            other.to_str().unwrap(),
+            "--db",
+            missing.to_str().unwrap(),
+        ],
+        None,
+    );
+    let err = assert_clean_failure(&out, "backup of no database");
+    assert_eq!(said(&err).len(), 1, "{err}");
+    assert!(err.contains("database"), "{err}");
+    assert!(!other.exists() && !missing.exists(), "nothing made");
+}

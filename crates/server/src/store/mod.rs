@@ -1,6 +1,7 @@
 //! Storage behind one trait, so that a Postgres backend can sit beside the
 //! SQLite one without touching a handler. Every method is one transaction.
 
+mod backup;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use std::path::Path;
 
+pub use backup::{BackupReport, sqlite_backup};
 pub use sqlite::SqliteStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
