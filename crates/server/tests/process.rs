@@ -1775,3 +1775,95 @@ fn cli_backup_copies_a_checked_database_and_never_overwrites() {
     assert!(err.contains("database"), "{err}");
     assert!(!other.exists() && !missing.exists(), "nothing made");
 }
+
+/// Two instances on one database behind nginx with the shipped
+/// `deploy/nginx/latchkey-locations.conf`: requests spread over both, a
+/// live-updates stream through nginx hears of a push taken by the other
+/// instance within seconds, and a push too large is the server's 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_two_instances_share_the_work_and_streams_pass_unbuffered() {
+    let env = Env::new();
+    let (name, pw) = env.add_user();
+    let port = free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let flags = ["--issuer", &issuer, "--trusted-proxy", "127.0.0.1"];
+    let (a, b) = (env.start(&flags), env.start(&flags));
+    let nginx = Nginx::start(port, &[a.port(), b.port()]);
+    let http = web();
+    let url = |path: &str| format!("{}{path}", nginx.url());
+    let token: Value = http
+        .post(url("/v1/auth/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", &name),
+            ("password", &pw),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let at = s(&token, "access_token");
+    for _ in 0..20 {
+        let res = http
+            .get(url("/v1/auth/session"))
+            .bearer_auth(&at)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", nginx.log());
+    }
+    for (which, server) in [("A", &a), ("B", &b)] {
+        let served = server.stderr().matches("/v1/auth/session").count();
+        assert!(served >= 5, "instance {which} served {served} of 20");
+    }
+
+    // A stream through nginx, and pushes through nginx (either instance).
+    let mut stream = http
+        .get(url("/v1/sync/events"))
+        .bearer_auth(&at)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    for round in 1..=4 {
+        let pushed = http
+            .post(url("/v1/sync/push"))
+            .bearer_auth(&at)
+            .json(&ops(vec![upsert(&uuid(), &uuid(), 0, "n", "")]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pushed.status(), 200);
+        let want = format!("{{\"cursor\":{round}}}");
+        let mut seen = String::new();
+        let started = Instant::now();
+        while !seen.contains(&want) {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no {want} within 5 s; the stream said {seen:?}"))
+                .unwrap()
+                .expect("the stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{round}: {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Over 8 MiB: the server's own 413 with its error body, not nginx's.
+    let big = "x".repeat(9 * 1024 * 1024);
+    let res = http
+        .post(url("/v1/sync/push"))
+        .bearer_auth(&at)
+        .json(&ops(vec![upsert(&uuid(), &uuid(), 0, "big", &big)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "request_too_large", "{body}");
+}

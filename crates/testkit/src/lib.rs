@@ -7,6 +7,7 @@
 //! | [`spawn`] | any server process, waited for until it logs `listening on <URL>` ([`Spawn`], [`ServerProcess`]) |
 //! | [`fault`] | what can go wrong with one request ([`Fault`]), and a seeded generator |
 //! | [`proxy`] | a fault-injecting TCP proxy between an engine and the server |
+//! | [`nginx`] | nginx as the load balancer in front of server instances, with the shipped config ([`Nginx`]) |
 //! | [`test_http`] | [`TestHttp`], the engine's transport with faults and counts |
 //! | [`engine`] | engines with fast timings, and [`wait_for`] a status |
 //! | [`vault`], [`clock`] | [`MemoryVault`] and [`TestClock`], the keychain and clock of tests |
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod fault;
 pub mod forge;
 pub mod names;
+pub mod nginx;
 pub mod poll;
 pub mod proxy;
 pub mod resp;
@@ -45,6 +47,7 @@ pub use forge::*;
 /// For the signals of [`signal_pid`].
 pub use libc;
 pub use names::{free_port, now, password, unique, uuid};
+pub use nginx::Nginx;
 pub use poll::{poll_every, poll_until};
 pub use resp::{
     Resp, assert_change_shape, assert_error, assert_keys, assert_reason, assert_token_response,
