@@ -58,10 +58,10 @@ impl AppState {
         let hasher = tokio::task::spawn_blocking(move || Hasher::new(queue)).await??;
         Ok(Self(Arc::new(Inner {
             settings,
+            throttle: Throttle::new(store.clone()),
             store,
             keys,
             sessions,
-            throttle: Throttle::default(),
             hasher,
             verified: VerifiedTokens::default(),
             live,
@@ -91,7 +91,7 @@ impl AppState {
         let now = crate::clock::now();
         self.sessions.prune(now, self.settings.access_ttl);
         self.verified.prune(now, self.settings.leeway);
-        self.throttle.prune(now);
+        self.throttle.prune(now).await?;
         self.keys
             .reload(self.store.as_ref(), now, self.settings.access_ttl)
             .await

@@ -324,3 +324,75 @@ async fn a_stream_on_one_instance_hears_of_a_push_on_another_within_a_second() {
         );
     }
 }
+
+/// Sign-in throttling is counted in the store: guesses spread over three
+/// instances (through nginx, the client named by X-Forwarded-For) get one
+/// budget of 10, not three, even when they come all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_give_an_attacker_one_budget_not_three() {
+    let c = Cluster::start(3);
+    let guess = |client: &'static str| {
+        let (http, url, name) = (
+            c.http.clone(),
+            c.url(None, "/v1/auth/token"),
+            c.user.0.clone(),
+        );
+        async move {
+            http.post(url)
+                .header("x-forwarded-for", client)
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", name.as_str()),
+                    ("password", "a wrong guess"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Thirty guesses at once, round robin over the instances.
+    let answers = futures_join_all((0..30).map(|_| guess("203.0.113.7"))).await;
+    let wrong = answers
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
+    let slowed = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((wrong, slowed), (10, 20), "{answers:?}");
+    // One after another through each instance: still refused.
+    for i in 0..3 {
+        let res = c
+            .http
+            .post(c.url(Some(i), "/v1/auth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", &c.user.0),
+                ("password", &c.user.1),
+            ])
+            .send()
+            .await
+            .unwrap();
+        // Direct, the client is 127.0.0.1: another address, not blocked.
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(guess("203.0.113.7").await, StatusCode::TOO_MANY_REQUESTS);
+    // Another client is not affected.
+    assert_eq!(guess("203.0.113.8").await, StatusCode::BAD_REQUEST);
+}
+
+/// Runs the futures at once; their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

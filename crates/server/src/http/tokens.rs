@@ -14,6 +14,7 @@ use crate::auth::issue::{issue_access_token, random_token, token_hash};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::store::{RefreshOutcome, SessionRecord, UserRecord};
+use crate::throttle::Refused;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -179,9 +180,14 @@ pub(super) async fn check_password(
         .throttle
         .begin(username, ip)
         .await
-        .map_err(|retry_after| AppError::SlowDown { retry_after })?;
+        .map_err(|refused| match refused {
+            Refused::Store(e) => AppError::from(e),
+            other => AppError::SlowDown {
+                retry_after: other.retry_after().unwrap_or(1),
+            },
+        })?;
     let Ok(slot) = state.hasher.enter() else {
-        attempt.abandon();
+        attempt.abandon().await;
         return Err(AppError::TemporarilyUnavailable { retry_after: 1 });
     };
     let user = state.store.find_user(username).await?;
@@ -192,13 +198,14 @@ pub(super) async fn check_password(
         )
         .await?;
     let (true, Some(user)) = (ok, user) else {
+        attempt.failed().await;
         tracing::info!(%ip, "wrong password");
         return Err(AppError::InvalidGrant {
             reason: Reason::Invalid,
             description: wrong,
         });
     };
-    attempt.succeeded();
+    attempt.succeeded().await;
     Ok(user)
 }
 

@@ -212,6 +212,83 @@ pub struct RevChange {
     pub rev: i64,
 }
 
+/// A sign-in attempt's key in the throttle: the username's SHA-256 (fixed
+/// size whatever the name) and the client address it is counted by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptKey {
+    pub user: [u8; 32],
+    pub address: String,
+}
+
+/// The throttle's limits: failures counted within `window` seconds, per
+/// user and address, and per address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimits {
+    pub window: i64,
+    pub per_user: usize,
+    pub per_address: usize,
+}
+
+/// What an attempt found when it asked to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStart {
+    /// It started: it counts against the limits until it ends.
+    Started(i64),
+    /// The limits are reached by failures: try again in this many seconds.
+    Blocked(u64),
+    /// The limits are reached only with attempts still in flight: wait.
+    InFlight,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A wrong password (or an attempt dropped half way): counted for the
+    /// window, for the user at that address and for the address.
+    Failed,
+    /// Signed in: not a failure, and the user's earlier failures from that
+    /// address are forgiven (the address's are not).
+    Succeeded,
+    /// No password was checked (the server was busy): taken back.
+    Abandoned,
+}
+
+/// What an attempt finds at one counter: the start times of the failures
+/// that count there (any order) and the attempts in flight, against
+/// `limit`. `None`: nothing in the way.
+pub fn attempt_check(
+    failures: &mut [i64],
+    in_flight: usize,
+    limit: usize,
+    window: i64,
+    now: i64,
+) -> Option<AttemptStart> {
+    failures.sort_unstable();
+    let failed = failures.len();
+    if failed >= limit {
+        // The oldest failure that keeps the count at the limit.
+        let oldest_blocking = failures[failed - limit];
+        return Some(AttemptStart::Blocked(
+            (oldest_blocking + window - now).max(1) as u64,
+        ));
+    }
+    (failed + in_flight >= limit).then_some(AttemptStart::InFlight)
+}
+
+/// Both counters' findings as one: the longer block, else a wait.
+pub fn attempt_verdict(
+    user: Option<AttemptStart>,
+    address: Option<AttemptStart>,
+) -> Option<AttemptStart> {
+    use AttemptStart::{Blocked, InFlight};
+    match (user, address) {
+        (Some(Blocked(a)), Some(Blocked(b))) => Some(Blocked(a.max(b))),
+        (Some(Blocked(a)), _) | (_, Some(Blocked(a))) => Some(Blocked(a)),
+        (Some(InFlight), _) | (_, Some(InFlight)) => Some(InFlight),
+        _ => None,
+    }
+}
+
 /// A history answer holds versions, newest first, until their titles and
 /// bodies pass about this many bytes: 50 versions of a 4 MiB body would be
 /// 200 MiB. The versions left out are older than every one sent.
@@ -324,6 +401,20 @@ pub trait Store: Send + Sync + 'static {
     /// current one left out, within [`HISTORY_ANSWER_BYTES`]; None if the
     /// user has no such note.
     async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>>;
+
+    /// Starts a sign-in attempt of `key` at `now` unless `limits` are
+    /// reached, in one transaction: attempts through any number of server
+    /// instances on this store share one budget.
+    async fn begin_attempt(
+        &self,
+        key: &AttemptKey,
+        limits: AttemptLimits,
+        now: i64,
+    ) -> Result<AttemptStart>;
+    /// Ends attempt `id` (nothing if it has ended, or was pruned).
+    async fn end_attempt(&self, id: i64, outcome: AttemptOutcome) -> Result<()>;
+    /// Deletes the attempts started before `before`; returns how many went.
+    async fn prune_attempts(&self, before: i64) -> Result<usize>;
 }
 
 #[cfg(test)]

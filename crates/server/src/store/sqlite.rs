@@ -20,9 +20,10 @@ use rusqlite::{
 use uuid::Uuid;
 
 use super::{
-    DeletedUser, HISTORY_ANSWER_BYTES, KeyRecord, LAST_SEEN_STEP_SECS, PullOutcome,
-    REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, RevChange, Revocation, ServerNoteBudget,
-    SessionListing, SessionRecord, Store, StoreError, TokenHash, UserRecord,
+    AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, DeletedUser, HISTORY_ANSWER_BYTES,
+    KeyRecord, LAST_SEEN_STEP_SECS, PullOutcome, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result,
+    RevChange, Revocation, ServerNoteBudget, SessionListing, SessionRecord, Store, StoreError,
+    TokenHash, UserRecord, attempt_check, attempt_verdict,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
@@ -139,6 +140,21 @@ CREATE INDEX users_change_seq ON users(change_seq);
 ALTER TABLE sessions ADD COLUMN device_name TEXT;
 ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER NOT NULL DEFAULT 0;
 UPDATE sessions SET last_seen_at = created_at;
+"#,
+    // Sign-in throttling in the store, shared by every process on it.
+    // state: 0 in flight, 1 failed, 2 failed and then forgiven for the user
+    // (a success), still counted for the address.
+    r#"
+CREATE TABLE login_attempts (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_key   BLOB NOT NULL,
+    address    TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    state      INTEGER NOT NULL
+);
+CREATE INDEX login_attempts_user ON login_attempts(user_key, address);
+CREATE INDEX login_attempts_address ON login_attempts(address);
+CREATE INDEX login_attempts_started ON login_attempts(started_at);
 "#,
 ];
 
@@ -1230,6 +1246,106 @@ impl Store for SqliteStore {
                  (SELECT user_id, op_id FROM ops WHERE created_at < ?1 LIMIT ?2)",
                 params![before, batch as i64],
             )?)
+        })
+        .await
+    }
+
+    async fn begin_attempt(
+        &self,
+        key: &AttemptKey,
+        limits: AttemptLimits,
+        now: i64,
+    ) -> Result<AttemptStart> {
+        let key = key.clone();
+        self.write(move |tx| {
+            let since = now - limits.window;
+            let counted = |sql: &str, by_user: bool| -> Result<(Vec<i64>, usize)> {
+                let mut stmt = tx.prepare_cached(sql)?;
+                let rows: Vec<(i64, i64)> = if by_user {
+                    stmt.query_map(params![key.user, key.address, since], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?
+                } else {
+                    stmt.query_map(params![key.address, since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                let in_flight = rows.iter().filter(|r| r.1 == 0).count();
+                Ok((
+                    rows.into_iter().filter(|r| r.1 != 0).map(|r| r.0).collect(),
+                    in_flight,
+                ))
+            };
+            let (mut user_failed, user_in_flight) = counted(
+                "SELECT started_at, state FROM login_attempts \
+                 WHERE user_key = ?1 AND address = ?2 AND started_at > ?3 AND state IN (0, 1)",
+                true,
+            )?;
+            let (mut addr_failed, addr_in_flight) = counted(
+                "SELECT started_at, state FROM login_attempts \
+                 WHERE address = ?1 AND started_at > ?2",
+                false,
+            )?;
+            let verdict = attempt_verdict(
+                attempt_check(
+                    &mut user_failed,
+                    user_in_flight,
+                    limits.per_user,
+                    limits.window,
+                    now,
+                ),
+                attempt_check(
+                    &mut addr_failed,
+                    addr_in_flight,
+                    limits.per_address,
+                    limits.window,
+                    now,
+                ),
+            );
+            if let Some(verdict) = verdict {
+                return Ok(verdict);
+            }
+            tx.prepare_cached(
+                "INSERT INTO login_attempts (user_key, address, started_at, state) \
+                 VALUES (?1, ?2, ?3, 0)",
+            )?
+            .execute(params![key.user, key.address, now])?;
+            Ok(AttemptStart::Started(tx.last_insert_rowid()))
+        })
+        .await
+    }
+
+    async fn end_attempt(&self, id: i64, outcome: AttemptOutcome) -> Result<()> {
+        self.write(move |tx| {
+            match outcome {
+                AttemptOutcome::Failed => {
+                    tx.prepare_cached("UPDATE login_attempts SET state = 1 WHERE id = ?1 AND state = 0")?
+                        .execute([id])?;
+                }
+                AttemptOutcome::Succeeded => {
+                    tx.prepare_cached(
+                        "UPDATE login_attempts SET state = 2 WHERE state = 1 AND \
+                         (user_key, address) = (SELECT user_key, address FROM login_attempts WHERE id = ?1)",
+                    )?
+                    .execute([id])?;
+                    tx.prepare_cached("DELETE FROM login_attempts WHERE id = ?1")?
+                        .execute([id])?;
+                }
+                AttemptOutcome::Abandoned => {
+                    tx.prepare_cached("DELETE FROM login_attempts WHERE id = ?1")?
+                        .execute([id])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_attempts(&self, before: i64) -> Result<usize> {
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM login_attempts WHERE started_at < ?1")?
+                .execute([before])?)
         })
         .await
     }
