@@ -525,3 +525,27 @@ async fn a_failed_sign_in_signs_nobody_out_and_a_new_one_replaces_the_old_sessio
     assert_eq!(d.status().accounts.len(), 2);
     assert_eq!(d.vault.accounts().len(), 2, "one keychain entry each");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_keychain_entry_takes_only_that_account_off_the_list() {
+    let server = server_with(&["gil", "hana"]);
+    let d = device(&server.url(), "gil", "Desk").await;
+    d.save_note(None, None, "gil".into(), "kept".into())
+        .await
+        .unwrap();
+    d.sign_in(&server.url(), "hana", PW).await.unwrap();
+    let gil = format!("gil@{}", server.url());
+    d.vault.put_raw(&gil, "{ not a session");
+    let e = d.switch_account(&server.url(), "gil").await.unwrap_err();
+    assert_eq!(e.code(), "token_invalid", "{e}");
+    let st = d.status();
+    assert_eq!(st.user.as_ref().unwrap().username, "hana", "still Hana's");
+    let listed: Vec<&str> = st.accounts.iter().map(|a| a.username.as_str()).collect();
+    assert_eq!(listed, ["hana"]);
+    assert!(d.vault.raw(&gil).is_none(), "the damaged entry is gone");
+    // Gil signs in again and finds his note.
+    d.sign_in(&server.url(), "gil", PW).await.unwrap();
+    let notes = d.list_notes().await.unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].body, "kept");
+}

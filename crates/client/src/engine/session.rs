@@ -277,12 +277,15 @@ impl Session {
     /// data stays, for the next sign-in).
     async fn load_account(&self, server: &str, username: &str) -> Result<Account> {
         let account = account_name(server, username);
-        let forget = async |e: Error| {
-            self.keychain.forget(&account).await;
+        let unlist = async || {
             self.prefs.remove_account(server, username);
             if let Err(e) = self.prefs.save().await {
                 tracing::warn!(error = %e, "could not save engine state");
             }
+        };
+        let forget = async |e: Error| {
+            self.keychain.forget(&account).await;
+            unlist().await;
             e
         };
         let raw = match self.keychain.load(&account).await? {
@@ -291,8 +294,12 @@ impl Session {
         };
         let failed = Error::StoredSession;
         let entry = match VaultEntry::from_json(&raw) {
-            // Signed out offline by an older Latchkey: not a session to use.
-            Some(entry) if entry.revoke_pending => return Err(Error::NotSignedIn),
+            // Signed out offline by an older Latchkey: not a session to use,
+            // and its entry stays until the server has revoked it.
+            Some(entry) if entry.revoke_pending => {
+                unlist().await;
+                return Err(Error::NotSignedIn);
+            }
             Some(entry) => entry,
             None => {
                 let e = failed("the stored sign-in is damaged; sign in again".into());
@@ -535,13 +542,17 @@ impl Session {
             }
         };
         let acc = match self.load_account(server, username).await {
-            Err(Error::NotSignedIn) => {
+            Ok(acc) => acc,
+            Err(e) => {
+                // It may have left the list.
                 self.publish();
-                return Err(Error::InvalidInput(format!(
-                    "{username} is no longer signed in on this device; sign in again"
-                )));
+                return Err(match e {
+                    Error::NotSignedIn => Error::InvalidInput(format!(
+                        "{username} is no longer signed in on this device; sign in again"
+                    )),
+                    e => e,
+                });
             }
-            other => other?,
         };
         self.take_over(acc).await?;
         // Whether the server is reachable was learnt of the other account's
