@@ -10,7 +10,7 @@ use crate::auth::password::hash_password;
 use crate::cli::{KeysCommand, PasswordArgs, SessionCommand, UserCommand};
 use crate::clock::now;
 use crate::error::{Error, Result};
-use crate::store::{self, Store as _};
+use crate::store;
 
 /// Usernames: 1 to 64 characters, no spaces or control characters.
 pub fn check_username(name: &str) -> Result<()> {

@@ -141,18 +141,40 @@ pub enum AppError {
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
     /// A failure of the server itself (storage, the hasher); logged, never
-    /// shown.
+    /// shown. (A database that cannot be reached is
+    /// [`AppError::TemporarilyUnavailable`] instead: see the `From`s below.)
     #[error(transparent)]
-    Internal(#[from] Error),
+    Internal(Error),
     /// A handler panicked (the panic layer answers with this); logged,
     /// never shown.
     #[error("handler panicked")]
     Panicked,
 }
 
+/// How long a client is asked to wait while the database cannot be
+/// reached (a restart or a failover takes seconds).
+pub const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        AppError::Internal(e.into())
+        AppError::from(Error::Store(e))
+    }
+}
+
+/// A database that cannot be reached is a 503 with `Retry-After` (PROTOCOL.md
+/// v1.1, "Several instances, and store outages"), logged as a warning;
+/// anything else is a 500.
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(StoreError::Unavailable(why)) => {
+                tracing::warn!("the database is unavailable: {why}");
+                AppError::TemporarilyUnavailable {
+                    retry_after: STORE_RETRY_AFTER_SECS,
+                }
+            }
+            other => AppError::Internal(other),
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! | [`resp`] | the server's answers ([`Resp`]) and the checks PROTOCOL.md sets on them |
 //! | [`session`] | this executable run again in a desktop session of its own (D-Bus, Secret Service, Xvfb) |
 //! | [`names`] | unique names, ids, a free port, the time |
+//! | [`postgres`] | a private PostgreSQL cluster ([`PgCluster`]), and one test's database on the store `LATCHKEY_TEST_STORE` names ([`TestDb`]) |
 //! | [`poll`] | waiting with a deadline by polling |
 //!
 //! Everything is also at the root: `use latchkey_testkit::*;`.
@@ -26,6 +27,7 @@ pub mod fault;
 pub mod forge;
 pub mod names;
 pub mod poll;
+pub mod postgres;
 pub mod proxy;
 pub mod resp;
 pub mod server;
@@ -46,6 +48,7 @@ pub use forge::*;
 pub use libc;
 pub use names::{free_port, now, password, unique, uuid};
 pub use poll::{poll_every, poll_until};
+pub use postgres::{PgCluster, TestDb, on_postgres, skip_on_postgres};
 pub use resp::{
     Resp, assert_change_shape, assert_error, assert_keys, assert_reason, assert_token_response,
 };

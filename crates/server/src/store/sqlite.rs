@@ -11,14 +11,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use latchkey_protocol::{
-    Change, NoteVersion, Op, OpResult, OpStatus, PullResponse, PushResponse, Reason,
-    sync::{HISTORY_KEPT_VERSIONS, PULL_PAGE_BYTES, conflict_copy_title},
+    Change, NoteVersion, Op, OpResult, PullResponse, PushResponse, Reason,
+    sync::{HISTORY_KEPT_VERSIONS, PULL_PAGE_BYTES},
 };
 use rusqlite::{
     Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 use uuid::Uuid;
 
+use super::notes::{self, OpRow, parse_note_id, reason_from_db};
 use super::{
     DeletedUser, HISTORY_ANSWER_BYTES, KeyRecord, LAST_SEEN_STEP_SECS, PullOutcome,
     REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result, RevChange, Revocation, ServerNoteBudget,
@@ -142,10 +143,6 @@ UPDATE sessions SET last_seen_at = created_at;
 "#,
 ];
 
-/// Conflict-copy ids are derived from the op id, so a retried push makes
-/// the same copy.
-const CONFLICT_COPY_NAMESPACE: Uuid = Uuid::from_u128(0x6c61_7463_686b_6579_2d63_6f70_7921_0001);
-
 pub struct SqliteStore {
     path: PathBuf,
     writer: Arc<Mutex<Connection>>,
@@ -159,11 +156,11 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
         create_private(path).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
-            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            source: Box::new(e),
         })?;
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: Box::new(source),
         };
         let mut conn = connect(path, false).map_err(open_err)?;
         migrate(&mut conn).map_err(|e| match e {
@@ -179,7 +176,7 @@ impl SqliteStore {
             .spawn(move || checkpointer(&checkpoint_path, &wake))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                source: Box::new(e),
             })?;
         Ok(Self {
             path: path.to_owned(),
@@ -329,13 +326,6 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn reason_from_db(s: Option<String>) -> Option<Reason> {
-    s.map(|s| match Reason::parse(&s) {
-        Reason::Unknown => Reason::Revoked,
-        r => r,
-    })
-}
-
 const SESSION_SELECT: &str = "SELECT s.id, s.user_id, u.username, s.created_at, s.expires_at, \
      s.revoked_reason FROM sessions s JOIN users u ON u.id = s.user_id";
 
@@ -447,17 +437,15 @@ fn note_exists(tx: &Transaction<'_>, user_id: &str, note_id: &str) -> Result<boo
 fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Change>> {
     let note_id: String = r.get(0)?;
     let conflict_of: Option<String> = r.get(6)?;
-    let parse =
-        |s: &str| Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("note id {s:?}")));
     let change = (|| {
         Ok(Change {
-            note_id: parse(&note_id)?,
+            note_id: parse_note_id(&note_id)?,
             rev: r.get(1)?,
             title: r.get(2)?,
             body: r.get(3)?,
             deleted: r.get(4)?,
             updated_at: r.get(5)?,
-            conflict_of: conflict_of.as_deref().map(parse).transpose()?,
+            conflict_of: conflict_of.as_deref().map(parse_note_id).transpose()?,
         })
     })();
     Ok(change)
@@ -515,43 +503,23 @@ fn keep_version(tx: &Transaction<'_>, user_id: &str, replaced: &Change) -> Resul
 /// The answer to an op this user pushed before: its first result again,
 /// as a duplicate.
 fn seen_op(tx: &Transaction<'_>, user_id: &str, op_id: &str) -> Result<Option<OpResult>> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("op result {op_id}: {what}"));
-    let row = tx
-        .prepare_cached(
-            "SELECT note_id, rev, conflict, conflict_copy_id, copy_rev, server_note \
-             FROM ops WHERE user_id = ?1 AND op_id = ?2",
-        )?
-        .query_row(params![user_id, op_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, bool>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
+    tx.prepare_cached(
+        "SELECT note_id, rev, conflict, conflict_copy_id, copy_rev, server_note \
+         FROM ops WHERE user_id = ?1 AND op_id = ?2",
+    )?
+    .query_row(params![user_id, op_id], |r| {
+        Ok(OpRow {
+            note_id: r.get(0)?,
+            rev: r.get(1)?,
+            conflict: r.get(2)?,
+            conflict_copy_id: r.get(3)?,
+            copy_rev: r.get(4)?,
+            server_note: r.get(5)?,
         })
-        .optional()?;
-    let Some((note_id, rev, conflict, copy_id, copy_rev, server_note)) = row else {
-        return Ok(None);
-    };
-    let uuid = |s: &str| Uuid::parse_str(s).map_err(|_| corrupt("an id is not a UUID"));
-    Ok(Some(OpResult {
-        op_id: uuid(op_id)?,
-        status: OpStatus::Duplicate,
-        note_id: uuid(&note_id)?,
-        rev,
-        original_status: Some(if conflict {
-            OpStatus::Conflict
-        } else {
-            OpStatus::Applied
-        }),
-        conflict_copy_id: copy_id.as_deref().map(uuid).transpose()?,
-        copy_rev,
-        server_note: server_note
-            .map(|json| serde_json::from_str(&json).map_err(|e| corrupt(&e.to_string())))
-            .transpose()?,
-    }))
+    })
+    .optional()?
+    .map(|row| row.duplicate(op_id))
+    .transpose()
 }
 
 /// Keeps an op's result, so that a retried push gets the same answer.
@@ -562,12 +530,7 @@ fn record_op(
     result: &OpResult,
     now: i64,
 ) -> Result<()> {
-    let server_note = result
-        .server_note
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("op result {op_id}: {e}")))?;
+    let row = OpRow::of(op_id, result)?;
     tx.prepare_cached(
         "INSERT INTO ops (user_id, op_id, note_id, rev, conflict, conflict_copy_id, copy_rev, \
          server_note, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -575,12 +538,12 @@ fn record_op(
     .execute(params![
         user_id,
         op_id,
-        result.note_id.to_string(),
-        result.rev,
-        result.status == OpStatus::Conflict,
-        result.conflict_copy_id.map(|u| u.to_string()),
-        result.copy_rev,
-        server_note,
+        row.note_id,
+        row.rev,
+        row.conflict,
+        row.conflict_copy_id,
+        row.copy_rev,
+        row.server_note,
         now,
     ])?;
     Ok(())
@@ -594,125 +557,16 @@ fn apply_op(
     last_rev: &mut i64,
     now: i64,
 ) -> Result<OpResult> {
-    let note_id = op.note_id();
-    let current = load_note(tx, user_id, &note_id.to_string())?;
-    let current_rev = current.as_ref().map_or(0, |n| n.rev);
-    let mut result = OpResult {
-        op_id: op.op_id(),
-        status: OpStatus::Applied,
-        note_id,
-        rev: current_rev,
-        original_status: None,
-        conflict_copy_id: None,
-        copy_rev: None,
-        server_note: None,
-    };
-    if op.base_rev() == current_rev {
-        if let Some(note) = new_version(op, current.as_ref(), last_rev, now) {
-            if let Some(replaced) = &current {
-                keep_version(tx, user_id, replaced)?;
-            }
-            write_note(tx, user_id, &note)?;
-            result.rev = note.rev;
-        }
-        return Ok(result);
+    let current = load_note(tx, user_id, &op.note_id().to_string())?;
+    let copy_taken = |id: Uuid| note_exists(tx, user_id, &id.to_string());
+    let applied = notes::apply_op(op, current, copy_taken, last_rev, now)?;
+    if let Some(replaced) = &applied.replaced {
+        keep_version(tx, user_id, replaced)?;
     }
-    // A conflict: the server's version stays. A note the server does not
-    // have at all (a base from the future) is shown as an empty tombstone.
-    result.status = OpStatus::Conflict;
-    result.server_note = Some(current.unwrap_or(Change {
-        note_id,
-        rev: 0,
-        title: String::new(),
-        body: String::new(),
-        deleted: true,
-        updated_at: now,
-        conflict_of: None,
-    }));
-    if let Some(copy) = write_conflict_copy(tx, user_id, op, last_rev, now)? {
-        result.conflict_copy_id = Some(copy.note_id);
-        result.copy_rev = Some(copy.rev);
+    if let Some(note) = &applied.written {
+        write_note(tx, user_id, note)?;
     }
-    Ok(result)
-}
-
-/// The user's next rev, taken.
-fn next_rev(last_rev: &mut i64) -> i64 {
-    *last_rev += 1;
-    *last_rev
-}
-
-/// What `op` makes of `current` when it is based on its latest rev; None
-/// when it changes nothing.
-fn new_version(op: &Op, current: Option<&Change>, last_rev: &mut i64, now: i64) -> Option<Change> {
-    let note_id = op.note_id();
-    match op {
-        Op::Upsert {
-            title,
-            body,
-            conflict_of,
-            ..
-        } => Some(Change {
-            note_id,
-            rev: next_rev(last_rev),
-            title: title.clone(),
-            body: body.clone(),
-            deleted: false,
-            updated_at: now,
-            // A note keeps what it was split from; a new one may be a
-            // copy the device made.
-            conflict_of: match current {
-                Some(n) => n.conflict_of,
-                None => *conflict_of,
-            },
-        }),
-        // Deleting what is already a tombstone changes nothing.
-        Op::Delete { .. } if current.is_some_and(|n| n.deleted) => None,
-        Op::Delete { .. } => Some(Change {
-            note_id,
-            rev: next_rev(last_rev),
-            title: String::new(),
-            body: String::new(),
-            deleted: true,
-            updated_at: now,
-            conflict_of: current.and_then(|n| n.conflict_of),
-        }),
-    }
-}
-
-/// For an upsert that conflicts, the conflict copy keeping its text,
-/// written; a delete that conflicts keeps nothing.
-fn write_conflict_copy(
-    tx: &Transaction<'_>,
-    user_id: &str,
-    op: &Op,
-    last_rev: &mut i64,
-    now: i64,
-) -> Result<Option<Change>> {
-    let Op::Upsert {
-        op_id, title, body, ..
-    } = op
-    else {
-        return Ok(None);
-    };
-    let mut copy_id = Uuid::new_v5(&CONFLICT_COPY_NAMESPACE, op_id.as_bytes());
-    // Taken only when this op id was seen before and its result pruned
-    // since: the copy made then (maybe edited) must not be overwritten.
-    // The new result is recorded, so a retry still makes no third copy.
-    if note_exists(tx, user_id, &copy_id.to_string())? {
-        copy_id = Uuid::now_v7();
-    }
-    let copy = Change {
-        note_id: copy_id,
-        rev: next_rev(last_rev),
-        title: conflict_copy_title(title),
-        body: body.clone(),
-        deleted: false,
-        updated_at: now,
-        conflict_of: Some(op.note_id()),
-    };
-    write_note(tx, user_id, &copy)?;
-    Ok(Some(copy))
+    Ok(applied.result)
 }
 
 /// [`Store::refresh`] in its transaction: rotates `presented` to `next`,
@@ -1318,6 +1172,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use latchkey_protocol::OpStatus;
 
     fn upsert(note_id: Uuid, base_rev: i64, title: &str) -> Op {
         Op::Upsert {

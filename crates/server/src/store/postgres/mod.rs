@@ -1,0 +1,395 @@
+//! The PostgreSQL backend (`--db postgres://...`): the whole state of any
+//! number of identical server instances on one database. Nothing that
+//! decides correctness lives in one instance's memory:
+//! * a push first locks its user's row (`SELECT ... FOR UPDATE`), so one
+//!   user's pushes take turns whichever instance takes them, and revs are
+//!   allocated and committed in order;
+//! * a refresh token is spent by one conditional `UPDATE`: of several
+//!   instances presenting it at once exactly one spends it; the others then
+//!   take the token's row in turn and apply the retry rule, as SQLite's one
+//!   writer would have;
+//! * what other instances poll for ([`Store::revocations_since`],
+//!   [`Store::rev_changes_since`], [`Store::keys_version`]) is numbered in
+//!   commit order. A bare sequence hands out numbers in one order and
+//!   commits them in another: a poll could see 6 before 5 commits and never
+//!   ask for 5 again. So each number is taken under an advisory lock of its
+//!   kind held until commit. For pushes that serializes only their last
+//!   statement and commit; the rest runs in parallel.
+//!
+//! Every write is one READ COMMITTED transaction, run again from the start
+//! (a few times) when it loses a serialization race or a deadlock. Every
+//! read is one statement: one snapshot. Statements are prepared once per
+//! pooled connection.
+
+mod auth;
+mod connect;
+mod schema;
+mod sync;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Client, GenericClient, Pool};
+use latchkey_protocol::{NoteVersion, Op, PushResponse, Reason};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{
+    DeletedUser, KeyRecord, PullOutcome, RefreshOutcome, Result, RevChange, Revocation,
+    SessionListing, SessionRecord, Store, StoreError, TokenHash, UserRecord, without_password,
+};
+
+pub use connect::{DEFAULT_POOL_SIZE, describe};
+
+/// Advisory locks, each "latchk" and a number: taken before a number of
+/// their kind, held until commit (see the module's documentation).
+const REVOCATIONS_LOCK: i64 = 0x6c61_7463_686b_0002;
+const REV_CHANGES_LOCK: i64 = 0x6c61_7463_686b_0003;
+const KEYS_LOCK: i64 = 0x6c61_7463_686b_0004;
+
+/// How many times a transaction that lost a race is run again.
+const RACE_RETRIES: u32 = 4;
+
+/// Runs `$work`, an expression using the transaction `$tx`, in a new
+/// transaction on a pooled connection, and commits it; runs it again from
+/// the start when it lost a race to another transaction. (A macro, not a
+/// function taking a closure: the work borrows the transaction, and a
+/// closure returning a future that borrows its argument cannot be written
+/// so that the future stays `Send`.)
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $work:expr) => {{
+        let mut attempt = 0;
+        loop {
+            let outcome = async {
+                let mut client = $store.client().await?;
+                let $tx = client.transaction().await?;
+                let out = $work;
+                $tx.commit().await?;
+                Ok::<_, StoreError>(out)
+            }
+            .await;
+            match outcome {
+                Err(e) if attempt < RACE_RETRIES && connect::lost_race(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(race_backoff(attempt)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// A short random wait before running a transaction again, longer after
+/// each loss, so that the two losers of a deadlock do not meet again.
+fn race_backoff(attempt: u32) -> std::time::Duration {
+    use rand::Rng as _;
+    let ms = rand::thread_rng().gen_range(1..=10) * u64::from(attempt);
+    std::time::Duration::from_millis(ms)
+}
+
+/// The store: a bounded pool of connections to one database.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to the database `url` names and migrates it. Fails if the
+    /// URL is wrong, the server cannot be reached, or the database is not
+    /// UTF-8.
+    pub async fn open(url: &str) -> Result<Self> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: without_password(url),
+            source,
+        };
+        let pool = connect::pool(url).map_err(|e| open_err(Box::new(e)))?;
+        let opened = async {
+            let mut client = pool.get().await?;
+            let row = client
+                .query_one("SELECT current_setting('server_encoding')", &[])
+                .await?;
+            let encoding: String = row.try_get(0)?;
+            if encoding != "UTF8" {
+                return Err(StoreError::Corrupt(format!(
+                    "the database's encoding is {encoding}; it must be UTF8 \
+                     (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+                )));
+            }
+            schema::migrate(&mut client).await
+        };
+        match opened.await {
+            Ok(()) => Ok(Self { pool }),
+            Err(e @ StoreError::TooNew { .. }) => Err(e),
+            Err(e) => Err(open_err(Box::new(e))),
+        }
+    }
+
+    /// A pooled connection; waits a bounded time for one.
+    async fn client(&self) -> Result<Client> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Runs `sql` (prepared once per connection) with `params`; its rows.
+async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query(&statement, params).await?)
+}
+
+/// Like [`query`], for at most one row.
+async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&statement, params).await?)
+}
+
+/// Like [`query`], for exactly one row.
+async fn query_one(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&statement, params).await?)
+}
+
+/// Like [`query`], for a statement's count of rows changed.
+async fn execute(c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.execute(&statement, params).await?)
+}
+
+/// Holds the advisory lock `key` until the transaction ends.
+async fn lock(c: &impl GenericClient, key: i64) -> Result<()> {
+    execute(c, "SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
+    Ok(())
+}
+
+/// Stored UTF-8 (a BYTEA column) as text.
+fn text(bytes: Vec<u8>, what: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| StoreError::Corrupt(format!("{what} is not UTF-8")))
+}
+
+/// Whether `s` can be a stored id or name: PostgreSQL's TEXT holds no NUL,
+/// so one with a NUL names nothing (and must not reach a query, which
+/// would fail).
+fn storable(s: &str) -> bool {
+    !s.contains('\0')
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<UserRecord> {
+        let user = UserRecord {
+            id: Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at: now,
+        };
+        in_transaction!(self, |tx| auth::create_user(&tx, &user).await?)?;
+        Ok(user)
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool> {
+        in_transaction!(self, |tx| auth::set_password(&tx, username, password_hash)
+            .await?)
+    }
+
+    async fn find_user(&self, username: &str) -> Result<Option<UserRecord>> {
+        auth::find_user(&self.client().await?, username).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        auth::list_users(&self.client().await?).await
+    }
+
+    async fn create_session(
+        &self,
+        user: &UserRecord,
+        session_id: &str,
+        refresh: TokenHash,
+        device_name: Option<&str>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<SessionRecord> {
+        let record = SessionRecord {
+            id: session_id.to_owned(),
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            created_at: now,
+            expires_at,
+            revoked: None,
+        };
+        in_transaction!(self, |tx| auth::create_session(
+            &tx,
+            &record,
+            &refresh,
+            device_name
+        )
+        .await?)?;
+        Ok(record)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        auth::get_session(&self.client().await?, session_id).await
+    }
+
+    async fn refresh(
+        &self,
+        presented: TokenHash,
+        next: TokenHash,
+        now: i64,
+    ) -> Result<RefreshOutcome> {
+        in_transaction!(self, |tx| auth::rotate_refresh(&tx, &presented, &next, now)
+            .await?)
+    }
+
+    async fn revoke_session(&self, session_id: &str, reason: Reason, now: i64) -> Result<bool> {
+        in_transaction!(self, |tx| auth::revoke(&tx, session_id, reason, now)
+            .await?)
+    }
+
+    async fn revoke_by_refresh(&self, token: TokenHash, now: i64) -> Result<Option<String>> {
+        in_transaction!(self, |tx| auth::revoke_by_refresh(&tx, &token, now).await?)
+    }
+
+    async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>> {
+        in_transaction!(self, |tx| auth::revoke_user(&tx, username, reason, now)
+            .await?)
+    }
+
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()> {
+        auth::touch(&self.client().await?, session_id, now).await
+    }
+
+    async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>> {
+        auth::live_sessions(&self.client().await?, user_id, now).await
+    }
+
+    async fn revoke_own_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<bool> {
+        in_transaction!(self, |tx| auth::revoke_own_session(
+            &tx, user_id, session_id, now
+        )
+        .await?)
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        in_transaction!(self, |tx| auth::revoke_all_but(
+            &tx,
+            user_id,
+            Some(keep),
+            Reason::Revoked,
+            now
+        )
+        .await?)
+    }
+
+    async fn replace_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        keep: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        in_transaction!(self, |tx| auth::replace_password(
+            &tx,
+            user_id,
+            password_hash,
+            keep,
+            now
+        )
+        .await?)
+    }
+
+    async fn delete_user(&self, username: &str, now: i64) -> Result<Option<DeletedUser>> {
+        in_transaction!(self, |tx| auth::delete_user(&tx, username, now).await?)
+    }
+
+    async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>> {
+        auth::revocations_since(&self.client().await?, seq).await
+    }
+
+    async fn last_revocation(&self) -> Result<i64> {
+        auth::last_revocation(&self.client().await?).await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        auth::keys(&self.client().await?).await
+    }
+
+    async fn rotate_key(&self, key: KeyRecord, now: i64) -> Result<()> {
+        in_transaction!(self, |tx| auth::rotate_key(&tx, &key, now).await?)
+    }
+
+    async fn keys_version(&self) -> Result<i64> {
+        let row = query_one(
+            &self.client().await?,
+            "SELECT coalesce(max(seq), 0) FROM signing_keys",
+            &[],
+        )
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn push(&self, user_id: &str, ops: Vec<Op>, now: i64) -> Result<PushResponse> {
+        in_transaction!(self, |tx| sync::push(&tx, user_id, &ops, now).await?)
+    }
+
+    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullOutcome> {
+        sync::pull(&self.client().await?, user_id, since, limit).await
+    }
+
+    async fn prune_ops(&self, before: i64, batch: usize) -> Result<usize> {
+        let n = execute(
+            &self.client().await?,
+            "DELETE FROM ops WHERE (user_id, op_id) IN \
+             (SELECT user_id, op_id FROM ops WHERE created_at < $1 LIMIT $2)",
+            &[&before, &(batch as i64)],
+        )
+        .await?;
+        Ok(n as usize)
+    }
+
+    async fn latest_rev(&self, user_id: &str) -> Result<i64> {
+        let row = query_opt(
+            &self.client().await?,
+            "SELECT last_rev FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
+    async fn rev_changes_since(&self, seq: i64, limit: usize) -> Result<Vec<RevChange>> {
+        sync::rev_changes_since(&self.client().await?, seq, limit).await
+    }
+
+    async fn last_rev_change(&self) -> Result<i64> {
+        let row = query_one(
+            &self.client().await?,
+            "SELECT coalesce(max(change_seq), 0) FROM users",
+            &[],
+        )
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>> {
+        sync::history(&self.client().await?, user_id, note_id).await
+    }
+}
