@@ -106,8 +106,16 @@ pub(super) async fn migrate(client: &mut Client) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .await?;
+    // Looked up rather than `CREATE TABLE IF NOT EXISTS`, whose notice
+    // ("already exists, skipping") would reach the log of every start.
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        tx.batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+            .await?;
+    }
     let version: i64 = match tx
         .query_opt("SELECT version FROM schema_version", &[])
         .await?
