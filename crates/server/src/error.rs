@@ -278,3 +278,37 @@ impl IntoResponse for AppError {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn answer(e: StoreError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let res = AppError::from(e).into_response();
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_database_out_of_reach_is_503_with_retry_after_and_other_failures_500() {
+        let (status, retry_after, body) =
+            answer(StoreError::Unavailable("connection refused".into())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(!body.to_string().contains("refused"), "{body}");
+
+        let (status, retry_after, body) = answer(StoreError::Corrupt("a title".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry_after, None);
+        assert_eq!(body["error"], "server_error");
+        assert!(!body.to_string().contains("title"), "{body}");
+    }
+}

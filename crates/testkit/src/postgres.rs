@@ -195,27 +195,53 @@ impl PgCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let log = std::fs::File::create(cluster.dir.join("server.log")).expect("the server log");
-        if let Some((uid, gid)) = run_as {
-            chown(&cluster.dir.join("server.log"), uid, gid);
-        }
-        let mut server = cluster.command("postgres");
-        server
-            .arg("-D")
-            .arg(&data)
+        cluster.start_server();
+        cluster
+    }
+
+    /// Starts the server (again), and waits until it answers.
+    ///
+    /// # Panics
+    /// If it is running, or does not start.
+    pub fn start_server(&self) {
+        let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(server.is_none(), "the server is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("the server log");
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
             .arg("-k")
-            .arg(&cluster.dir)
-            .args(["-p", &cluster.port.to_string()])
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses="])
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
             .args(["-c", "log_min_error_statement=error"])
             .stdout(Stdio::null())
             .stderr(log);
-        let child = spawn_for_life(server);
-        *cluster.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        cluster.wait_ready();
-        cluster
+        *server = Some(spawn_for_life(cmd));
+        drop(server);
+        self.wait_ready();
+    }
+
+    /// Stops the server as an administrator's restart does (a fast
+    /// shutdown: connections are told and closed), and waits until it is
+    /// gone. Its databases stay, for [`PgCluster::start_server`].
+    pub fn stop_server(&self) {
+        self.end_server(libc::SIGINT);
+    }
+
+    /// Ends the server with `signal` and reaps it; nothing if not running.
+    fn end_server(&self, signal: i32) {
+        let child = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            crate::spawn::signal_pid(child.id(), signal);
+            let _ = child.wait();
+        }
     }
 
     /// A program of PostgreSQL's, run as the cluster's user.
@@ -310,12 +336,8 @@ impl PgCluster {
     /// Stops the server at once (nothing in it needs keeping) and removes
     /// its folder.
     fn stop(&self) {
-        let child = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut child) = child {
-            // SIGQUIT: PostgreSQL's immediate shutdown.
-            crate::spawn::signal_pid(child.id(), libc::SIGQUIT);
-            let _ = child.wait();
-        }
+        // SIGQUIT: PostgreSQL's immediate shutdown.
+        self.end_server(libc::SIGQUIT);
         if std::env::var_os(PG_KEEP_ENV).is_some() {
             eprintln!("PostgreSQL test cluster kept in {}", self.dir.display());
         } else {

@@ -3,6 +3,8 @@
 //! (any number of server instances on one database). `--db` says which
 //! ([`Location`]). Every method is one transaction.
 
+#[cfg(test)]
+mod conformance;
 mod notes;
 mod postgres;
 mod sqlite;

@@ -1269,8 +1269,8 @@ mod tests {
         assert_eq!(store.latest_rev("nobody").await.unwrap(), 0);
     }
 
-    /// Pushes are numbered in commit order across users, and a push that
-    /// moves no rev (a duplicate) is not a change.
+    /// A session from before devices knows no device, and was last seen
+    /// when it began.
     #[tokio::test]
     async fn a_version_4_session_gains_no_device_and_was_last_seen_when_it_began() {
         let dir = tempfile::tempdir().unwrap();
@@ -1301,72 +1301,6 @@ mod tests {
                 last_seen_at: 100,
             }]
         );
-    }
-
-    #[tokio::test]
-    async fn rev_changes_come_in_commit_order_with_the_latest_rev() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let ann = store.create_user("ann", "hash", 1).await.unwrap();
-        let bob = store.create_user("bob", "hash", 1).await.unwrap();
-        let batch = vec![upsert(Uuid::now_v7(), 0, "a")];
-        store.push(&ann.id, batch.clone(), 2).await.unwrap();
-        store
-            .push(&bob.id, vec![upsert(Uuid::now_v7(), 0, "b")], 2)
-            .await
-            .unwrap();
-        store
-            .push(&ann.id, vec![upsert(Uuid::now_v7(), 0, "c")], 2)
-            .await
-            .unwrap();
-        store.push(&ann.id, batch, 3).await.unwrap();
-        let seen: Vec<(i64, &str, i64)> = store
-            .rev_changes_since(0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| {
-                (
-                    c.seq,
-                    if c.user_id == ann.id { "ann" } else { "bob" },
-                    c.rev,
-                )
-            })
-            .collect();
-        // Each user once, at their latest change.
-        assert_eq!(seen, [(2, "bob", 1), (3, "ann", 2)]);
-        assert_eq!(store.last_rev_change().await.unwrap(), 3);
-        assert!(store.rev_changes_since(3, 10).await.unwrap().is_empty());
-        assert_eq!(store.rev_changes_since(0, 1).await.unwrap().len(), 1);
-    }
-
-    /// A history answer stops before the version that would take it past
-    /// 8 MiB; the newest always goes.
-    #[tokio::test]
-    async fn a_history_answer_stays_within_8_mib() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let user = store.create_user("ann", "hash", 1).await.unwrap();
-        let note = Uuid::now_v7();
-        let big = "x".repeat(3 * 1024 * 1024);
-        for base in 0..4 {
-            let op = Op::Upsert {
-                op_id: Uuid::now_v7(),
-                note_id: note,
-                base_rev: base,
-                title: format!("v{base}"),
-                body: big.clone(),
-                client_time: 1,
-                conflict_of: None,
-            };
-            store.push(&user.id, vec![op], 2).await.unwrap();
-        }
-        let history = store.history(&user.id, note).await.unwrap().unwrap();
-        let revs: Vec<i64> = history.iter().map(|v| v.rev).collect();
-        // Three earlier versions of 3 MiB each: the two newest fit.
-        assert_eq!(revs, [3, 2]);
-        let bytes: usize = history.iter().map(|v| v.body.len()).sum();
-        assert!(bytes <= HISTORY_ANSWER_BYTES);
     }
 
     /// A database of the first schema, whose `ops` kept each result as the

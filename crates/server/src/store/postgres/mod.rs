@@ -393,3 +393,181 @@ impl Store for PgStore {
         sync::history(&self.client().await?, user_id, note_id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use latchkey_testkit::PgCluster;
+
+    use super::*;
+    use crate::store::{Location, open};
+
+    /// Two instances' stores on one fresh database; None (and why, said)
+    /// when PostgreSQL is not installed.
+    async fn two_instances() -> Option<(Arc<PgStore>, Arc<PgStore>)> {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return None;
+        }
+        let url = PgCluster::shared().database();
+        let a = Arc::new(PgStore::open(&url).await.unwrap());
+        let b = Arc::new(PgStore::open(&url).await.unwrap());
+        Some((a, b))
+    }
+
+    fn new_note() -> Op {
+        Op::Upsert {
+            op_id: Uuid::now_v7(),
+            note_id: Uuid::now_v7(),
+            base_rev: 0,
+            title: "t".into(),
+            body: "b".into(),
+            client_time: 1,
+            conflict_of: None,
+        }
+    }
+
+    /// One user's pushes through two instances at once take turns: every
+    /// push gets a block of revs of its own, and together they leave no
+    /// gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pushes_through_two_instances_take_revs_in_turn() {
+        let Some((a, b)) = two_instances().await else {
+            return;
+        };
+        let user = a.create_user("ann", "hash", 1).await.unwrap();
+        let pushes: Vec<_> = (0..20)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let user_id = user.id.clone();
+                tokio::spawn(async move {
+                    let ops = (0..5).map(|_| new_note()).collect();
+                    store.push(&user_id, ops, 2).await.unwrap()
+                })
+            })
+            .collect();
+        let mut cursors = Vec::new();
+        for push in pushes {
+            let answer = push.await.unwrap();
+            let revs: Vec<i64> = answer.results.iter().map(|r| r.rev).collect();
+            let first = answer.cursor - 4;
+            assert_eq!(revs, (first..=answer.cursor).collect::<Vec<_>>());
+            cursors.push(answer.cursor);
+        }
+        cursors.sort();
+        assert_eq!(cursors, (1..=20).map(|i| i * 5).collect::<Vec<_>>());
+        assert_eq!(b.latest_rev(&user.id).await.unwrap(), 100);
+        let PullOutcome::Page(page) = a.pull(&user.id, 0, 1000).await.unwrap() else {
+            panic!("ahead")
+        };
+        let revs: Vec<i64> = page.changes.iter().map(|c| c.rev).collect();
+        assert_eq!(revs, (1..=100).collect::<Vec<_>>());
+        // Twenty pushes, numbered as rev changes; the last one is seen.
+        let changes = b.rev_changes_since(0, 10).await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!((changes[0].rev, changes[0].seq), (100, 20));
+    }
+
+    /// A refresh token presented to two instances at once, many times
+    /// over: every presentation rotates it (one spends it, the others are
+    /// retries), and exactly one of the new tokens stays live.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_token_presented_to_two_instances_at_once_is_spent_once() {
+        let Some((a, b)) = two_instances().await else {
+            return;
+        };
+        let user = a.create_user("ann", "hash", 1).await.unwrap();
+        a.create_session(&user, "sid", [0; 32], None, 100, 10_000)
+            .await
+            .unwrap();
+        let tries: Vec<_> = (1..=8u8)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move { store.refresh([0; 32], [i; 32], 110).await.unwrap() })
+            })
+            .collect();
+        for t in tries {
+            assert!(matches!(t.await.unwrap(), RefreshOutcome::Rotated(_)));
+        }
+        let client = a.client().await.unwrap();
+        let live = client
+            .query(
+                "SELECT hash FROM refresh_tokens WHERE parent = $1 \
+                 AND used_at IS NULL AND retired_at IS NULL",
+                &[&&[0u8; 32][..]],
+            )
+            .await
+            .unwrap();
+        assert_eq!(live.len(), 1);
+        let live: Vec<u8> = live[0].get(0);
+        // The live one goes on; the session was never taken for stolen.
+        let next = b.refresh(live.try_into().unwrap(), [9; 32], 120).await;
+        assert!(matches!(next.unwrap(), RefreshOutcome::Rotated(_)));
+        assert_eq!(a.session("sid").await.unwrap().unwrap().revoked, None);
+    }
+
+    /// Instances started together on an empty database migrate it once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_starting_together_migrate_once() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let url = PgCluster::shared().database();
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::open(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap();
+        }
+        let store = PgStore::open(&url).await.unwrap();
+        let client = store.client().await.unwrap();
+        let version: i64 = client
+            .query_one("SELECT version FROM schema_version", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, 1);
+    }
+
+    /// While the database is down the store says it is unavailable, soon
+    /// and without hanging; once it is back the same store works again,
+    /// and nothing committed before is lost.
+    #[tokio::test]
+    async fn a_database_restart_is_unavailable_then_recovered() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let cluster = PgCluster::start();
+        let at = Location::Postgres(cluster.database());
+        let store = open(&at).await.unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        store.push(&user.id, vec![new_note()], 2).await.unwrap();
+
+        cluster.stop_server();
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            let down = store.latest_rev(&user.id).await;
+            assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+            let down = store.push(&user.id, vec![new_note()], 3).await;
+            assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Opening the store at all is a clear failure too.
+        let opened = open(&at).await.err().unwrap();
+        assert!(
+            opened.to_string().starts_with("cannot open the database"),
+            "{opened}"
+        );
+
+        cluster.start_server();
+        assert_eq!(store.latest_rev(&user.id).await.unwrap(), 1);
+        let answer = store.push(&user.id, vec![new_note()], 4).await.unwrap();
+        assert_eq!(answer.cursor, 2);
+    }
+}
