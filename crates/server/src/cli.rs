@@ -45,10 +45,13 @@ pub struct DbArg {
     /// several servers may share (the database must exist, in UTF8; tables
     /// are made at start). URL options: sslmode=disable|prefer|require
     /// (TLS checks the certificate against the system's roots), pool_size=N
-    /// (connections per process, default 16), and libpq's others.
+    /// (connections per process, default 16), connect_timeout=SECONDS and
+    /// PostgreSQL's other usual ones.
+    // The variable's value is not shown in --help: it may hold a password.
     #[arg(
         long,
         env = "LATCHKEY_DB",
+        hide_env_values = true,
         default_value = "./latchkey-server.db",
         value_name = "FILE|URL",
         value_parser = OsStringValueParser::new().map(Location::parse)
