@@ -167,6 +167,18 @@ pub struct UserRecord {
     pub created_at: i64,
 }
 
+impl UserRecord {
+    /// A user about to be added, with a new id.
+    fn new(username: &str, password_hash: &str, now: i64) -> Self {
+        Self {
+            id: Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: String,
@@ -176,6 +188,20 @@ pub struct SessionRecord {
     /// The absolute end of the session.
     pub expires_at: i64,
     pub revoked: Option<Reason>,
+}
+
+impl SessionRecord {
+    /// A session of `user` about to begin.
+    fn new(user: &UserRecord, session_id: &str, now: i64, expires_at: i64) -> Self {
+        Self {
+            id: session_id.to_owned(),
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            created_at: now,
+            expires_at,
+            revoked: None,
+        }
+    }
 }
 
 /// A live session as the session list shows it.
@@ -207,6 +233,26 @@ pub struct KeyRecord {
     pub secret: [u8; 32],
     pub created_at: i64,
     pub retired_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// A key as a store read it; its secret must be 32 bytes.
+    fn stored(
+        kid: String,
+        secret: Vec<u8>,
+        created_at: i64,
+        retired_at: Option<i64>,
+    ) -> Result<Self> {
+        let secret = secret
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("signing key {kid}")))?;
+        Ok(Self {
+            kid,
+            secret,
+            created_at,
+            retired_at,
+        })
+    }
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -310,6 +356,18 @@ pub struct Revocation {
     pub seq: i64,
     pub session_id: String,
     pub reason: Reason,
+}
+
+impl Revocation {
+    /// A revocation as a store read it (an unknown reason is a plain
+    /// revocation).
+    fn stored(seq: i64, session_id: String, reason: String) -> Self {
+        Self {
+            seq,
+            session_id,
+            reason: notes::reason_from_db(Some(reason)).unwrap_or(Reason::Revoked),
+        }
+    }
 }
 
 /// A user's latest rev moved (by a push through any process); `seq`

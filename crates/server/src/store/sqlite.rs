@@ -655,12 +655,7 @@ impl Store for SqliteStore {
         password_hash: &str,
         now: i64,
     ) -> Result<UserRecord> {
-        let user = UserRecord {
-            id: Uuid::new_v4().to_string(),
-            username: username.to_owned(),
-            password_hash: password_hash.to_owned(),
-            created_at: now,
-        };
+        let user = UserRecord::new(username, password_hash, now);
         let u = user.clone();
         self.write(move |tx| {
             let taken = tx
@@ -726,14 +721,7 @@ impl Store for SqliteStore {
         expires_at: i64,
     ) -> Result<SessionRecord> {
         let device_name = device_name.map(str::to_owned);
-        let record = SessionRecord {
-            id: session_id.to_owned(),
-            user_id: user.id.clone(),
-            username: user.username.clone(),
-            created_at: now,
-            expires_at,
-            revoked: None,
-        };
+        let record = SessionRecord::new(user, session_id, now, expires_at);
         let r = record.clone();
         self.write(move |tx| {
             tx.execute(
@@ -916,11 +904,7 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt
                 .query_map([seq], |r| {
-                    Ok(Revocation {
-                        seq: r.get(0)?,
-                        session_id: r.get(1)?,
-                        reason: reason_from_db(Some(r.get(2)?)).unwrap_or(Reason::Revoked),
-                    })
+                    Ok(Revocation::stored(r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(rows)
@@ -949,15 +933,7 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             rows.into_iter()
                 .map(|(kid, secret, created_at, retired_at)| {
-                    let secret = secret
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt(format!("signing key {kid}")))?;
-                    Ok(KeyRecord {
-                        kid,
-                        secret,
-                        created_at,
-                        retired_at,
-                    })
+                    KeyRecord::stored(kid, secret, created_at, retired_at)
                 })
                 .collect()
         })

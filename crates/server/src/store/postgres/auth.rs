@@ -488,11 +488,11 @@ pub(super) async fn revocations_since(c: &impl GenericClient, seq: i64) -> Resul
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(Revocation {
-                seq: r.try_get(0)?,
-                session_id: r.try_get(1)?,
-                reason: reason_from_db(Some(r.try_get(2)?)).unwrap_or(Reason::Revoked),
-            })
+            Ok(Revocation::stored(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+            ))
         })
         .collect()
 }
@@ -506,19 +506,7 @@ pub(super) async fn keys(c: &impl GenericClient) -> Result<Vec<KeyRecord>> {
     )
     .await?;
     rows.iter()
-        .map(|r| {
-            let kid: String = r.try_get(0)?;
-            let secret: Vec<u8> = r.try_get(1)?;
-            let secret = secret
-                .try_into()
-                .map_err(|_| StoreError::Corrupt(format!("signing key {kid}")))?;
-            Ok(KeyRecord {
-                kid,
-                secret,
-                created_at: r.try_get(2)?,
-                retired_at: r.try_get(3)?,
-            })
-        })
+        .map(|r| KeyRecord::stored(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
         .collect()
 }
 

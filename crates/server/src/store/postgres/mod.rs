@@ -190,12 +190,7 @@ impl Store for PgStore {
         password_hash: &str,
         now: i64,
     ) -> Result<UserRecord> {
-        let user = UserRecord {
-            id: Uuid::new_v4().to_string(),
-            username: username.to_owned(),
-            password_hash: password_hash.to_owned(),
-            created_at: now,
-        };
+        let user = UserRecord::new(username, password_hash, now);
         in_transaction!(self, |tx| auth::create_user(&tx, &user).await?)?;
         Ok(user)
     }
@@ -222,14 +217,7 @@ impl Store for PgStore {
         now: i64,
         expires_at: i64,
     ) -> Result<SessionRecord> {
-        let record = SessionRecord {
-            id: session_id.to_owned(),
-            user_id: user.id.clone(),
-            username: user.username.clone(),
-            created_at: now,
-            expires_at,
-            revoked: None,
-        };
+        let record = SessionRecord::new(user, session_id, now, expires_at);
         in_transaction!(self, |tx| auth::create_session(
             &tx,
             &record,

@@ -85,17 +85,18 @@ async fn pipelined(
     Ok(try_join_all(runs).await?)
 }
 
-/// A note version as the store reads it back.
-fn change_row(r: &Row) -> Result<Change> {
-    let note_id: String = r.try_get(0)?;
-    let conflict_of: Option<String> = r.try_get(6)?;
+/// A note version as the store reads it back: the columns `note_id, rev,
+/// title, body, deleted, updated_at, conflict_of` from column `first` on.
+fn change_row(r: &Row, first: usize) -> Result<Change> {
+    let note_id: String = r.try_get(first)?;
+    let conflict_of: Option<String> = r.try_get(first + 6)?;
     Ok(Change {
         note_id: parse_note_id(&note_id)?,
-        rev: r.try_get(1)?,
-        title: text(r.try_get(2)?, "a title")?,
-        body: text(r.try_get(3)?, "a body")?,
-        deleted: r.try_get(4)?,
-        updated_at: r.try_get(5)?,
+        rev: r.try_get(first + 1)?,
+        title: text(r.try_get(first + 2)?, "a title")?,
+        body: text(r.try_get(first + 3)?, "a body")?,
+        deleted: r.try_get(first + 4)?,
+        updated_at: r.try_get(first + 5)?,
         conflict_of: conflict_of.as_deref().map(parse_note_id).transpose()?,
     })
 }
@@ -152,7 +153,7 @@ pub(super) async fn push(
         batch.seen.insert(op_id, op_row);
     }
     for row in &current {
-        let note = change_row(row)?;
+        let note = change_row(row, 0)?;
         batch.notes.insert(note.note_id, note);
     }
 
@@ -403,17 +404,7 @@ pub(super) async fn pull(
             more = true;
             break;
         }
-        let note_id: String = row.try_get(2)?;
-        let conflict_of: Option<String> = row.try_get(8)?;
-        changes.push(Change {
-            note_id: parse_note_id(&note_id)?,
-            rev: row.try_get(3)?,
-            title: text(row.try_get(4)?, "a title")?,
-            body: text(row.try_get(5)?, "a body")?,
-            deleted: row.try_get(6)?,
-            updated_at: row.try_get(7)?,
-            conflict_of: conflict_of.as_deref().map(parse_note_id).transpose()?,
-        });
+        changes.push(change_row(row, 2)?);
     }
     let cursor = changes.last().map_or(since, |c: &Change| c.rev);
     Ok(PullOutcome::Page(PullResponse {
