@@ -44,7 +44,8 @@ pub struct DbArg {
     /// PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DBNAME, which
     /// several servers may share (the database must exist, in UTF8; tables
     /// are made at start). URL options: sslmode=disable|prefer|require
-    /// (TLS checks the certificate against the system's roots), pool_size=N
+    /// (TLS checks the certificate against the system's roots),
+    /// sslrootcert=FILE (a PEM file of CAs to trust besides), pool_size=N
     /// (connections per process, default 16), connect_timeout=SECONDS and
     /// PostgreSQL's other usual ones.
     // The variable's value is not shown in --help: it may hold a password.

@@ -115,6 +115,9 @@ pub struct PgCluster {
     port: u16,
     /// The `postgres` user's ids, when running as root.
     run_as: Option<(u32, u32)>,
+    /// Server options past the kit's own (TLS, see
+    /// [`PgCluster::start_tls`]).
+    options: Vec<String>,
     server: Mutex<Option<std::process::Child>>,
     databases: AtomicU32,
 }
@@ -152,6 +155,122 @@ impl PgCluster {
     /// # Panics
     /// If PostgreSQL is not installed or does not start.
     pub fn start() -> Self {
+        let cluster = Self::init();
+        cluster.start_server();
+        cluster
+    }
+
+    /// A new cluster of its own that also listens on 127.0.0.1 (its port:
+    /// [`PgCluster::tcp_url`]) and takes TLS there, with a certificate for
+    /// 127.0.0.1 from a CA of its own, whose PEM file is returned. None,
+    /// said, if `openssl` is not installed to make them.
+    ///
+    /// # Panics
+    /// If PostgreSQL is not installed or does not start.
+    pub fn start_tls() -> Option<(Self, PathBuf)> {
+        let mut cluster = Self::init();
+        let dir = cluster.dir.clone();
+        let openssl = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+        };
+        let made = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=latchkey test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        let Ok(status) = made else {
+            println!("skipped: openssl is not installed");
+            return None;
+        };
+        assert!(status.success(), "openssl could not make a CA");
+        let steps: [&[&str]; 2] = [
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                "server.pem",
+                "-extfile",
+                "ext.cnf",
+            ],
+        ];
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .expect("the certificate's extensions");
+        for args in steps {
+            let status = openssl(args).expect("run openssl");
+            assert!(status.success(), "openssl {args:?} failed");
+        }
+        let key = dir.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("the key's mode");
+        if let Some((uid, gid)) = cluster.run_as {
+            for file in ["server.key", "server.pem"] {
+                chown(&dir.join(file), uid, gid);
+            }
+        }
+        cluster.options = [
+            "listen_addresses=127.0.0.1".to_owned(),
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", dir.join("server.pem").display()),
+            format!("ssl_key_file={}", key.display()),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-c".to_owned(), o])
+        .collect();
+        cluster.start_server();
+        Some((cluster, dir.join("ca.pem")))
+    }
+
+    /// `initdb` into a new folder; the server not started.
+    fn init() -> Self {
         let bin = bin_dir().expect(
             "PostgreSQL's programs (initdb, postgres, psql): install the postgresql package \
              (scripts/setup.sh does) or set LATCHKEY_PG_BIN",
@@ -170,6 +289,7 @@ impl PgCluster {
             dir,
             bin,
             run_as,
+            options: Vec::new(),
             server: Mutex::new(None),
             databases: AtomicU32::new(0),
         };
@@ -195,7 +315,6 @@ impl PgCluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.start_server();
         cluster
     }
 
@@ -221,6 +340,7 @@ impl PgCluster {
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
             .args(["-c", "log_min_error_statement=error"])
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(log);
         *server = Some(spawn_for_life(cmd));
@@ -299,10 +419,24 @@ impl PgCluster {
     /// # Panics
     /// If it cannot be made.
     pub fn database(&self) -> String {
+        self.url(&self.database_name())
+    }
+
+    /// The name of a new, empty database of this cluster.
+    ///
+    /// # Panics
+    /// If it cannot be made.
+    pub fn database_name(&self) -> String {
         let n = self.databases.fetch_add(1, Ordering::SeqCst);
         let name = format!("t_{n}");
         self.psql("postgres", &format!("CREATE DATABASE {name}"));
-        self.url(&name)
+        name
+    }
+
+    /// The URL of the database `name` over TCP, for a cluster of
+    /// [`PgCluster::start_tls`].
+    pub fn tcp_url(&self, name: &str) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{name}", self.port)
     }
 
     /// The URL of the database `name` of this cluster.

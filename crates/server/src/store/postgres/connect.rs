@@ -1,9 +1,10 @@
 //! From a `postgres://` URL to a bounded pool of connections: the URL's
-//! own option (`pool_size`), TLS by the workspace's rustls (ring) checking
-//! the server's certificate against the system's roots, the pool's time
-//! limits, and which failures mean "the database cannot be reached now" (a
+//! options this server reads itself (`pool_size`, `sslrootcert`), TLS by
+//! the workspace's rustls (ring) checking the server's certificate against
+//! the system's roots (and `sslrootcert`'s), the pool's time limits, and which failures mean "the database cannot be reached now" (a
 //! 503 the client retries) rather than a fault of the server (a 500).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +23,11 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// of a pooled one, before it is answered 503.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
-/// The option this server reads from the URL itself (PostgreSQL does not
-/// know it).
+/// The options this server reads from the URL itself: tokio-postgres
+/// knows neither (the second is libpq's: a PEM file of CA certificates to
+/// trust besides the system's, as for a managed database's private CA).
 const POOL_SIZE_OPTION: &str = "pool_size";
+const ROOT_CERT_OPTION: &str = "sslrootcert";
 
 /// `sslmode` values of libpq that tokio-postgres does not parse. Both mean
 /// `require` here, where the certificate is always checked.
@@ -37,8 +40,9 @@ pub(super) struct BadUrl(String);
 
 /// The pool for `url`. Connects to nothing yet: the first query does.
 pub(super) fn pool(url: &str) -> Result<Pool, BadUrl> {
-    let (url, size) = own_options(url)?;
-    let config: tokio_postgres::Config = url
+    let own = own_options(url)?;
+    let config: tokio_postgres::Config = own
+        .url
         .parse()
         .map_err(|e| BadUrl(format!("not a PostgreSQL URL: {}", describe(&e))))?;
     let manager_config = ManagerConfig {
@@ -49,10 +53,10 @@ pub(super) fn pool(url: &str) -> Result<Pool, BadUrl> {
     };
     let manager = match config.get_ssl_mode() {
         SslMode::Disable => Manager::from_config(config, NoTls, manager_config),
-        _ => Manager::from_config(config, tls()?, manager_config),
+        _ => Manager::from_config(config, tls(own.root_cert.as_deref())?, manager_config),
     };
     Pool::builder(manager)
-        .max_size(size)
+        .max_size(own.pool_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(POOL_WAIT))
@@ -61,44 +65,107 @@ pub(super) fn pool(url: &str) -> Result<Pool, BadUrl> {
         .map_err(|e| BadUrl(format!("cannot make the connection pool: {e}")))
 }
 
-/// `url` without its `pool_size` option and with libpq's verifying
-/// `sslmode`s as `require`, and that size (or the default).
-fn own_options(url: &str) -> Result<(String, usize), BadUrl> {
-    let Some((main, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), DEFAULT_POOL_SIZE));
+/// A URL split into what tokio-postgres reads and what this server does.
+#[derive(Debug, PartialEq)]
+struct OwnOptions {
+    /// The URL without this server's options, and with libpq's verifying
+    /// `sslmode`s as `require`.
+    url: String,
+    pool_size: usize,
+    root_cert: Option<PathBuf>,
+}
+
+fn own_options(url: &str) -> Result<OwnOptions, BadUrl> {
+    let mut own = OwnOptions {
+        url: url.to_owned(),
+        pool_size: DEFAULT_POOL_SIZE,
+        root_cert: None,
     };
-    let mut size = DEFAULT_POOL_SIZE;
+    let Some((main, query)) = url.split_once('?') else {
+        return Ok(own);
+    };
     let mut rest = Vec::new();
     for option in query.split('&') {
         match option.split_once('=') {
             Some((POOL_SIZE_OPTION, n)) => {
-                size = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                own.pool_size = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                     BadUrl(format!(
                         "{POOL_SIZE_OPTION} must be a whole number over 0, not {n:?}"
                     ))
                 })?;
             }
+            Some((ROOT_CERT_OPTION, path)) => own.root_cert = Some(percent_decoded(path).into()),
             _ if VERIFYING_SSL_MODES.contains(&option) => rest.push("sslmode=require"),
             _ => rest.push(option),
         }
     }
-    let url = if rest.is_empty() {
+    own.url = if rest.is_empty() {
         main.to_owned()
     } else {
         format!("{main}?{}", rest.join("&"))
     };
-    Ok((url, size))
+    Ok(own)
+}
+
+/// `s` with its `%XX` escapes decoded (a URL option's value).
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// TLS to the database: rustls on ring, the server's certificate checked
-/// against the system's roots (as libpq's `verify-full` would).
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, BadUrl> {
-    use rustls_platform_verifier::BuilderVerifierExt as _;
+/// against the system's roots and those of `root_cert` (as libpq's
+/// `verify-full` would).
+fn tls(root_cert: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, BadUrl> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let extra_roots = match root_cert {
+        None => Vec::new(),
+        Some(path) => {
+            let unreadable = |e: &dyn std::fmt::Display| {
+                BadUrl(format!(
+                    "cannot read {ROOT_CERT_OPTION} {}: {e}",
+                    path.display()
+                ))
+            };
+            let pem = std::fs::read(path).map_err(|e| unreadable(&e))?;
+            let roots = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unreadable(&e))?;
+            if roots.is_empty() {
+                return Err(unreadable(&"no certificate in it"));
+            }
+            roots
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let setup_failed = |e: rustls::Error| BadUrl(format!("cannot set up TLS to the database: {e}"));
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+            .map_err(setup_failed)?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_platform_verifier())
-        .map_err(|e| BadUrl(format!("cannot set up TLS to the database: {e}")))?
+        .map_err(setup_failed)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
@@ -173,21 +240,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pool_size_is_taken_out_of_the_url() {
-        let (url, size) = own_options("postgres://u@h/db").unwrap();
+    fn the_servers_own_options_are_taken_out_of_the_url() {
+        let own = own_options("postgres://u@h/db").unwrap();
         assert_eq!(
-            (url.as_str(), size),
-            ("postgres://u@h/db", DEFAULT_POOL_SIZE)
+            own,
+            OwnOptions {
+                url: "postgres://u@h/db".into(),
+                pool_size: DEFAULT_POOL_SIZE,
+                root_cert: None
+            }
         );
-        let (url, size) =
-            own_options("postgres://u@h/db?sslmode=verify-full&pool_size=4&connect_timeout=3")
-                .unwrap();
+        let own = own_options(
+            "postgres://u@h/db?sslmode=verify-full&pool_size=4&connect_timeout=3\
+             &sslrootcert=%2Fetc%2Fdb%20ca.pem",
+        )
+        .unwrap();
         assert_eq!(
-            (url.as_str(), size),
-            ("postgres://u@h/db?sslmode=require&connect_timeout=3", 4)
+            own,
+            OwnOptions {
+                url: "postgres://u@h/db?sslmode=require&connect_timeout=3".into(),
+                pool_size: 4,
+                root_cert: Some("/etc/db ca.pem".into())
+            }
         );
-        let (url, _) = own_options("postgres://u@h/db?pool_size=2").unwrap();
-        assert_eq!(url, "postgres://u@h/db");
+        let own = own_options("postgres://u@h/db?pool_size=2").unwrap();
+        assert_eq!(own.url, "postgres://u@h/db");
         for bad in ["0", "x", "-1", ""] {
             assert!(own_options(&format!("postgres://h/db?pool_size={bad}")).is_err());
         }
@@ -203,5 +280,8 @@ mod tests {
             assert!(e.starts_with("not a PostgreSQL URL"), "{e}");
         }
         assert!(pool("postgres://u:pw@localhost:1/db?sslmode=require").is_ok());
+        let e = pool("postgres://h/db?sslmode=require&sslrootcert=/nonexistent.pem")
+            .expect_err("a missing root certificate");
+        assert!(e.to_string().contains("/nonexistent.pem"), "{e}");
     }
 }

@@ -522,6 +522,46 @@ mod tests {
         assert_eq!(version, 1);
     }
 
+    /// TLS to the database works, checks the server's certificate (one
+    /// from an unknown CA is refused, clearly), and trusts a CA of
+    /// `sslrootcert` besides the system's.
+    #[tokio::test]
+    async fn tls_to_the_database_checks_its_certificate() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let Some((cluster, ca)) = PgCluster::start_tls() else {
+            return;
+        };
+        let url = cluster.tcp_url(&cluster.database_name());
+        let trusted = format!("{url}?sslmode=require&sslrootcert={}", ca.display());
+        let store = PgStore::open(&trusted).await.unwrap();
+        let client = store.client().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "the connection is not encrypted");
+        assert!(row.get::<_, String>(1).starts_with("TLSv1."));
+        // The system's roots alone do not know this CA.
+        for url in [
+            format!("{url}?sslmode=require"),
+            format!("{url}?sslmode=prefer"),
+        ] {
+            let refused = PgStore::open(&url).await.err().unwrap().to_string();
+            assert!(refused.starts_with("cannot open the database"), "{refused}");
+            assert!(refused.contains("certificate"), "{refused}");
+        }
+        // Without TLS, asked for: plain over TCP.
+        PgStore::open(&format!("{url}?sslmode=disable"))
+            .await
+            .unwrap();
+    }
+
     /// While the database is down the store says it is unavailable, soon
     /// and without hanging; once it is back the same store works again,
     /// and nothing committed before is lost.
