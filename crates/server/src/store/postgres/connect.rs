@@ -171,8 +171,17 @@ fn tls(root_cert: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConn
 }
 
 /// `e` with its causes: tokio-postgres says only "db error" or "error
-/// connecting to server" by itself. No query text or parameter is in it.
+/// connecting to server" by itself. For the server's own errors only the
+/// message and its SQLSTATE: their DETAIL may quote a row (a note's text).
 pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
