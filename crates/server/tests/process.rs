@@ -6,7 +6,7 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1658,32 +1658,9 @@ async fn flags_read_their_environment_variables() {
 #[tokio::test]
 async fn serves_https_with_a_certificate() {
     let env = Env::new();
-    let (cert, key) = (env.dir().join("cert.pem"), env.dir().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let Ok(status) = made else {
-        eprintln!("SKIPPED: openssl is not installed");
+    let Some(TestCert { ca, cert, key }) = localhost_cert(env.dir()) else {
         return;
     };
-    assert!(status.success());
     let (name, pw) = env.add_user();
     let srv = env.start(&[
         "--tls-cert",
@@ -1694,7 +1671,7 @@ async fn serves_https_with_a_certificate() {
     let base = srv.process.url();
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     let mut pem = Vec::new();
-    std::fs::File::open(&cert)
+    std::fs::File::open(&ca)
         .unwrap()
         .read_to_end(&mut pem)
         .unwrap();

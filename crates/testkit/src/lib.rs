@@ -9,6 +9,7 @@
 //! | [`proxy`] | a fault-injecting TCP proxy between an engine and the server |
 //! | [`test_http`] | [`TestHttp`], the engine's transport with faults and counts |
 //! | [`engine`] | engines with fast timings, and [`wait_for`] a status |
+//! | [`cert`] | a TLS certificate for 127.0.0.1 from a CA of its own ([`localhost_cert`]) |
 //! | [`vault`], [`clock`] | [`MemoryVault`] and [`TestClock`], the keychain and clock of tests |
 //! | [`web`] | the tests' own HTTP calls to a server, as another device ([`web`](web::web)) |
 //! | [`wire`] | sync request bodies |
@@ -21,6 +22,7 @@
 //!
 //! Everything is also at the root: `use latchkey_testkit::*;`.
 
+pub mod cert;
 pub mod clock;
 pub mod engine;
 pub mod fault;
@@ -38,6 +40,7 @@ pub mod vault;
 pub mod web;
 pub mod wire;
 
+pub use cert::{TestCert, localhost_cert};
 pub use clock::TestClock;
 pub use engine::{
     PW, engine, engine_with, save_notes, signed_in, test_config, wait_for, wait_state,

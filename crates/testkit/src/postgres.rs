@@ -169,104 +169,23 @@ impl PgCluster {
     /// If PostgreSQL is not installed or does not start.
     pub fn start_tls() -> Option<(Self, PathBuf)> {
         let mut cluster = Self::init();
-        let dir = cluster.dir.clone();
-        let openssl = |args: &[&str]| {
-            Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-        };
-        let made = openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=latchkey test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
-        let Ok(status) = made else {
-            println!("skipped: openssl is not installed");
-            return None;
-        };
-        assert!(status.success(), "openssl could not make a CA");
-        let steps: [&[&str]; 2] = [
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ],
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                "server.pem",
-                "-extfile",
-                "ext.cnf",
-            ],
-        ];
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
-             extendedKeyUsage=serverAuth\n",
-        )
-        .expect("the certificate's extensions");
-        for args in steps {
-            let status = openssl(args).expect("run openssl");
-            assert!(status.success(), "openssl {args:?} failed");
-        }
-        let key = dir.join("server.key");
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("the key's mode");
+        let made = crate::cert::localhost_cert(&cluster.dir)?;
         if let Some((uid, gid)) = cluster.run_as {
-            for file in ["server.key", "server.pem"] {
-                chown(&dir.join(file), uid, gid);
+            for file in [&made.cert, &made.key] {
+                chown(file, uid, gid);
             }
         }
         cluster.options = [
             "listen_addresses=127.0.0.1".to_owned(),
             "ssl=on".to_owned(),
-            format!("ssl_cert_file={}", dir.join("server.pem").display()),
-            format!("ssl_key_file={}", key.display()),
+            format!("ssl_cert_file={}", made.cert.display()),
+            format!("ssl_key_file={}", made.key.display()),
         ]
         .into_iter()
         .flat_map(|o| ["-c".to_owned(), o])
         .collect();
         cluster.start_server();
-        Some((cluster, dir.join("ca.pem")))
+        Some((cluster, made.ca))
     }
 
     /// `initdb` into a new folder; the server not started.

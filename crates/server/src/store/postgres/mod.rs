@@ -38,7 +38,7 @@ use super::{
     SessionListing, SessionRecord, Store, StoreError, TokenHash, UserRecord, without_password,
 };
 
-pub use connect::{DEFAULT_POOL_SIZE, describe};
+pub use connect::describe;
 
 /// Advisory locks, each "latchk" and a number: taken before a number of
 /// their kind, held until commit (see the module's documentation).
