@@ -4,8 +4,8 @@
 //! * titles, bodies and device names are BYTEA (their UTF-8): a client may
 //!   send text holding NUL, which SQLite keeps and PostgreSQL's TEXT refuses;
 //! * `seq` columns are identities, and `users.change_seq` takes its numbers
-//!   from a sequence, each taken under a lock held until commit (see
-//!   [`super::NUMBERING`]).
+//!   from a sequence, each taken under a lock held until commit (the
+//!   store's module documentation says why).
 //!
 //! `schema_version` holds how many migrations were applied. They run in one
 //! transaction holding an advisory lock, so that instances starting
