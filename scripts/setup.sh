@@ -8,13 +8,16 @@ set -euo pipefail
 # gnome-keyring so keychain tests run headless in their own session; the
 # WebKitGTK stack Tauri builds on; Xvfb and WebKitWebDriver for the real-
 # window tests; ImageMagick for screenshots and x11-utils (xwininfo) to see
-# a window appear; nginx (light) as the load balancer of the several-
-# instances tests (run with its own config and prefix, never as a service).
+# a window appear; PostgreSQL, whose programs the server's tests run a
+# private cluster with (LATCHKEY_TEST_STORE=postgres; they never use the
+# system cluster the package may start); nginx (light) as the load balancer
+# of the several-instances tests (run with its own config and prefix,
+# never as a service).
 PKGS=(build-essential pkg-config curl wget file ca-certificates libssl-dev
       libdbus-1-dev dbus dbus-x11 gnome-keyring libsecret-tools
       libwebkit2gtk-4.1-dev libjavascriptcoregtk-4.1-dev libsoup-3.0-dev
       libgtk-3-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
-      xvfb xauth webkit2gtk-driver imagemagick x11-utils nginx-light)
+      xvfb xauth webkit2gtk-driver imagemagick x11-utils postgresql nginx-light)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, handler (Router + oneshot) and
-# process tests (the real server binary on 127.0.0.1, a free port).
+# process tests (the real server binary on 127.0.0.1, a free port), then the
+# server's handler and process suites again on PostgreSQL (a private
+# cluster the tests start themselves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo test --workspace --locked "$@"
+LATCHKEY_TEST_STORE=postgres cargo test -p latchkey-server --locked --test handlers --test process --test instances "$@"

@@ -10,7 +10,7 @@ use crate::auth::password::hash_password;
 use crate::cli::{KeysCommand, PasswordArgs, SessionCommand, UserCommand};
 use crate::clock::now;
 use crate::error::{Error, Result};
-use crate::store::{self, Store as _};
+use crate::store;
 
 /// Usernames: 1 to 64 characters, no spaces or control characters.
 pub fn check_username(name: &str) -> Result<()> {
@@ -189,7 +189,14 @@ pub async fn keys(cmd: KeysCommand) -> Result<()> {
 }
 
 /// `backup`: a consistent copy of the database into a new file, checked.
-pub async fn backup(db: &std::path::Path, to: &std::path::Path) -> Result<()> {
+pub async fn backup(db: &store::Location, to: &std::path::Path) -> Result<()> {
+    let Some(db) = db.sqlite_path() else {
+        return Err(Error::Invalid(
+            "a PostgreSQL store is backed up with PostgreSQL's own tools: \
+             pg_dump --format=custom --file=FILE (see the README, \"Running several instances\")"
+                .into(),
+        ));
+    };
     if to.exists() {
         return Err(Error::Invalid(format!(
             "{} exists already; give a new file to back up into",

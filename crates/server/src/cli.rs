@@ -8,10 +8,11 @@ use std::time::Duration;
 
 // Boolean flags parse with this so that their variables may say 1/0,
 // yes/no, on/off as well as true/false.
-use clap::builder::BoolishValueParser;
+use clap::builder::{BoolishValueParser, OsStringValueParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 
 use crate::proxy::{Cidr, TrustedProxies};
+use crate::store::Location;
 
 /// The Latchkey auth + sync server.
 #[derive(Debug, Parser)]
@@ -50,9 +51,24 @@ pub enum Command {
 /// Where the database lives; shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
-    /// The SQLite database file (created, mode 0600, if missing).
-    #[arg(long, env = "LATCHKEY_DB", default_value = "./latchkey-server.db")]
-    pub db: PathBuf,
+    /// The database: a SQLite file (created, mode 0600, if missing), or a
+    /// PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DBNAME, which
+    /// several servers may share (the database must exist, in UTF8; tables
+    /// are made at start). URL options: sslmode=disable|prefer|require
+    /// (TLS checks the certificate against the system's roots),
+    /// sslrootcert=FILE (a PEM file of CAs to trust besides), pool_size=N
+    /// (connections per process, default 16), connect_timeout=SECONDS and
+    /// PostgreSQL's other usual ones.
+    // The variable's value is not shown in --help: it may hold a password.
+    #[arg(
+        long,
+        env = "LATCHKEY_DB",
+        hide_env_values = true,
+        default_value = "./latchkey-server.db",
+        value_name = "FILE|URL",
+        value_parser = OsStringValueParser::new().map(Location::parse)
+    )]
+    pub db: Location,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -141,6 +157,13 @@ impl ServeArgs {
                 "--events-ping must be between 1s and {}s",
                 ping.as_secs()
             ));
+        }
+        if self.demo && self.db.db.sqlite_path().is_none() {
+            return Err(
+                "--demo keeps its password beside a SQLite database file; with \
+                 PostgreSQL add a user with `user add`"
+                    .into(),
+            );
         }
         if self.hash_queue == Some(0) {
             return Err("--hash-queue must be at least 1".into());

@@ -141,18 +141,40 @@ pub enum AppError {
     #[error("this endpoint does not accept that method")]
     MethodNotAllowed,
     /// A failure of the server itself (storage, the hasher); logged, never
-    /// shown.
+    /// shown. (A database that cannot be reached is
+    /// [`AppError::TemporarilyUnavailable`] instead: see the `From`s below.)
     #[error(transparent)]
-    Internal(#[from] Error),
+    Internal(Error),
     /// A handler panicked (the panic layer answers with this); logged,
     /// never shown.
     #[error("handler panicked")]
     Panicked,
 }
 
+/// How long a client is asked to wait while the database cannot be
+/// reached (a restart or a failover takes seconds).
+pub const STORE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        AppError::Internal(e.into())
+        AppError::from(Error::Store(e))
+    }
+}
+
+/// A database that cannot be reached is a 503 with `Retry-After` (PROTOCOL.md
+/// v1.1, "Several instances, and store outages"), logged as a warning;
+/// anything else is a 500.
+impl From<Error> for AppError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(StoreError::Unavailable(why)) => {
+                tracing::warn!("the database is unavailable: {why}");
+                AppError::TemporarilyUnavailable {
+                    retry_after: STORE_RETRY_AFTER_SECS,
+                }
+            }
+            other => AppError::Internal(other),
+        }
     }
 }
 
@@ -254,5 +276,39 @@ impl IntoResponse for AppError {
             _ => {}
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn answer(e: StoreError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let res = AppError::from(e).into_response();
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_database_out_of_reach_is_503_with_retry_after_and_other_failures_500() {
+        let (status, retry_after, body) =
+            answer(StoreError::Unavailable("connection refused".into())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("5"));
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(!body.to_string().contains("refused"), "{body}");
+
+        let (status, retry_after, body) = answer(StoreError::Corrupt("a title".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry_after, None);
+        assert_eq!(body["error"], "server_error");
+        assert!(!body.to_string().contains("title"), "{body}");
     }
 }

@@ -19,7 +19,7 @@ use crate::store::{self, Store};
 
 /// Opens the database `args` name and builds the shared state.
 pub async fn build_state(args: &ServeArgs, issuer: String) -> Result<AppState> {
-    let store: Arc<dyn Store> = Arc::new(store::open(&args.db.db).await?);
+    let store: Arc<dyn Store> = store::open(&args.db.db).await?;
     let settings = Settings {
         issuer,
         access_ttl: args.access_ttl.as_secs(),
@@ -53,8 +53,11 @@ impl Server {
         let url = format!("{scheme}://{addr}");
         let issuer = args.issuer.clone().unwrap_or_else(|| url.clone());
         let state = build_state(&args, issuer).await?;
-        if args.demo {
-            ensure_demo_user(state.store.as_ref(), &args.db.db, &url).await?;
+        // `validate` refused --demo with anything but a SQLite file.
+        if args.demo
+            && let Some(path) = args.db.db.sqlite_path()
+        {
+            ensure_demo_user(state.store.as_ref(), path, &url).await?;
         }
         let app = crate::http::router(state.clone());
         let (shutdown, rx) = watch::channel(false);

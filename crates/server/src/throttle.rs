@@ -226,8 +226,8 @@ mod tests {
     /// A throttle on a store of its own (and the folder that holds it).
     async fn throttle() -> (Throttle, Arc<dyn Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(crate::store::open(&dir.path().join("t.db")).await.unwrap());
+        let at = crate::store::Location::Sqlite(dir.path().join("t.db"));
+        let store = crate::store::open(&at).await.unwrap();
         (Throttle::new(store.clone()), store, dir)
     }
 

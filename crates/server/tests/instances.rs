@@ -1,7 +1,9 @@
 //! Several server instances on one store (issue 14, PROTOCOL.md "Several
 //! instances, and store outages"): every rule that must hold across
 //! instances, with requests spread over three of them, directly and
-//! through nginx running the shipped `deploy/nginx` config.
+//! through nginx running the shipped `deploy/nginx` config. On SQLite (the
+//! instances share one file) and, with `LATCHKEY_TEST_STORE=postgres`, on
+//! a private PostgreSQL cluster.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_latchkey-server");
 
 /// Three instances on one database, nginx in front, one user.
 struct Cluster {
-    _dir: tempfile::TempDir,
+    _test_db: TestDb,
+    /// The database, as `--db` takes it.
     db: PathBuf,
     servers: Vec<ServerProcess>,
     nginx: Nginx,
@@ -24,8 +27,8 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("s.db");
+        let test_db = TestDb::new("s.db");
+        let db = PathBuf::from(test_db.arg());
         let user = (unique("user"), password());
         add_user(BIN.as_ref(), &db, &user.0, &user.1);
         let port = free_port();
@@ -41,7 +44,7 @@ impl Cluster {
         let ports: Vec<u16> = servers.iter().map(ServerProcess::port).collect();
         let nginx = Nginx::start(port, &ports);
         Cluster {
-            _dir: dir,
+            _test_db: test_db,
             db,
             servers,
             nginx,

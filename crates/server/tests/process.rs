@@ -1,11 +1,12 @@
 //! Process tests: the real `latchkey-server` binary on 127.0.0.1 (port 0,
 //! learnt from its log line), talked to only over HTTP, and its command
 //! line run as subprocesses, the way an administrator and the black-box
-//! suite use it.
+//! suite use it. Each test's database is on the store
+//! `LATCHKEY_TEST_STORE` names (SQLite by default, or PostgreSQL).
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,17 +17,22 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_latchkey-server");
 
-/// A temporary directory with a database path in it.
+/// A fresh database, and a temporary directory of the test's own.
 struct Env {
-    dir: tempfile::TempDir,
+    test_db: TestDb,
+    /// The database, as `--db` takes it (a URL on PostgreSQL).
     db: PathBuf,
 }
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("s.db");
-        Self { dir, db }
+        let test_db = TestDb::new("s.db");
+        let db = PathBuf::from(test_db.arg());
+        Self { test_db, db }
+    }
+
+    fn dir(&self) -> &Path {
+        self.test_db.dir()
     }
 
     fn db(&self) -> &str {
@@ -233,7 +239,22 @@ fn s(v: &Value, k: &str) -> String {
 
 /// The current signing key, read from the database as only the server
 /// (and an attacker who stole the file) could.
-fn current_key(db: &Path) -> (SigningKey, String) {
+fn current_key(env: &Env) -> (SigningKey, String) {
+    let Some(db) = env.test_db.sqlite_path() else {
+        let row = env.test_db.psql(
+            "SELECT kid, encode(secret, 'hex') FROM signing_keys \
+             WHERE retired_at IS NULL ORDER BY seq DESC LIMIT 1",
+        );
+        let (kid, hex) = row.trim().split_once('\t').unwrap();
+        let secret: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        return (
+            SigningKey::from_bytes(&secret.try_into().unwrap()),
+            kid.to_owned(),
+        );
+    };
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -569,7 +590,7 @@ async fn forged_tokens_are_refused() {
     let kid = s(&jwks["keys"][0], "kid");
     let x = s(&jwks["keys"][0], "x");
     let good = jwt_part(&at, 1);
-    let (real, real_kid) = current_key(&env.db);
+    let (real, real_kid) = current_key(&env);
     assert_eq!(real_kid, kid);
     // Sanity: a token made with the real key and good claims is accepted,
     // so each refusal below is for the one thing changed.
@@ -1347,17 +1368,20 @@ fn said(err: &str) -> Vec<&str> {
 
 #[test]
 fn an_unusable_database_is_one_clear_sentence() {
+    if skip_on_postgres("SQLite files that are not databases") {
+        return;
+    }
     let env = Env::new();
-    let garbage = env.dir.path().join("garbage.db");
+    let garbage = env.dir().join("garbage.db");
     std::fs::write(
         &garbage,
         b"this is not a database, not at all; just some text ".repeat(200),
     )
     .unwrap();
-    let not_a_file = env.dir.path().join("a-directory");
+    let not_a_file = env.dir().join("a-directory");
     std::fs::create_dir(&not_a_file).unwrap();
-    let no_dir = env.dir.path().join("missing").join("s.db");
-    let newer = env.dir.path().join("newer.db");
+    let no_dir = env.dir().join("missing").join("s.db");
+    let newer = env.dir().join("newer.db");
     {
         let c = rusqlite::Connection::open(&newer).unwrap();
         c.pragma_update(None, "user_version", 999).unwrap();
@@ -1385,6 +1409,35 @@ fn an_unusable_database_is_one_clear_sentence() {
     assert!(std::fs::read(&garbage).unwrap().starts_with(b"this is not"));
 }
 
+/// A PostgreSQL URL that cannot be used (nothing listens, an option
+/// PostgreSQL does not know, a database that does not exist) is one
+/// sentence naming the database, without its password.
+#[test]
+fn an_unusable_postgres_url_is_one_clear_sentence() {
+    let port = free_port();
+    let mut urls = vec![
+        format!("postgres://latchkey:hunter2-secret@127.0.0.1:{port}/notes?sslmode=disable"),
+        format!("postgresql://latchkey:hunter2-secret@127.0.0.1:{port}/notes?bogus=1"),
+        format!("postgres://latchkey:hunter2-secret@127.0.0.1:{port}/notes?pool_size=0"),
+    ];
+    if on_postgres() {
+        urls.push(PgCluster::shared().url("no_such_database"));
+    }
+    for url in &urls {
+        for args in [
+            vec!["user", "list", "--db", url],
+            vec!["serve", "--addr", "127.0.0.1:0", "--db", url],
+        ] {
+            let out = run(&args, None);
+            let err = assert_clean_failure(&out, url);
+            let lines = said(&err);
+            assert_eq!(lines.len(), 1, "{url}: {err}");
+            assert!(lines[0].contains("cannot open the database"), "{err}");
+            assert!(!err.contains("hunter2-secret"), "the password shown: {err}");
+        }
+    }
+}
+
 #[test]
 fn a_port_in_use_is_one_clear_sentence() {
     let env = Env::new();
@@ -1409,12 +1462,21 @@ fn plain_http_on_a_non_loopback_address_is_refused() {
         );
         // Refused before it even made a database.
     }
-    assert!(!env.db.exists());
+    if let Some(db) = env.test_db.sqlite_path() {
+        assert!(!db.exists());
+    }
 }
 
 #[tokio::test]
 async fn demo_mode_prints_a_password_that_signs_in() {
     let env = Env::new();
+    if on_postgres() {
+        // The password is kept beside a database file: there is none.
+        let out = run(&["serve", "--demo", "--db", env.db()], None);
+        let err = assert_clean_failure(&out, "--demo on PostgreSQL");
+        assert!(err.contains("--demo") && err.contains("user add"), "{err}");
+        return;
+    }
     let srv = env.start(&["--demo"]);
     let pw_file = PathBuf::from(format!("{}.demo-password", env.db()));
     let meta = std::fs::metadata(&pw_file).unwrap();
@@ -1463,11 +1525,15 @@ async fn the_database_is_private_and_the_log_holds_no_secret() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
             & 0o777
     };
-    assert_eq!(mode(&env.db), 0o600);
+    // The file's permissions are SQLite's alone: PostgreSQL keeps its own.
+    let on_sqlite = env.test_db.sqlite_path().is_some();
+    if on_sqlite {
+        assert_eq!(mode(&env.db), 0o600);
+    }
     let t = srv.login(&name, &pw).await.ok().clone();
     let (at, rt) = (s(&t, "access_token"), s(&t, "refresh_token"));
     let wal = PathBuf::from(format!("{}-wal", env.db()));
-    if wal.exists() {
+    if on_sqlite && wal.exists() {
         assert_eq!(mode(&wal) & 0o077, 0, "the WAL is readable by others");
     }
     // Secrets in every place a careless log could pick them up from.
@@ -1490,10 +1556,19 @@ async fn the_database_is_private_and_the_log_holds_no_secret() {
     .await;
     // Neither is the database: it holds hashes only.
     let mut stored = Vec::new();
-    for suffix in ["", "-wal"] {
-        if let Ok(bytes) = std::fs::read(format!("{}{suffix}", env.db())) {
-            stored.extend(bytes);
+    if on_sqlite {
+        for suffix in ["", "-wal"] {
+            if let Ok(bytes) = std::fs::read(format!("{}{suffix}", env.db())) {
+                stored.extend(bytes);
+            }
         }
+    } else {
+        let dump = env.test_db.psql(
+            "SELECT concat_ws(' ', (SELECT string_agg(t::text, ' ') FROM users t), \
+             (SELECT string_agg(t::text, ' ') FROM sessions t), \
+             (SELECT string_agg(t::text, ' ') FROM refresh_tokens t))",
+        );
+        stored.extend(dump.into_bytes());
     }
     for secret in [&pw, &rt, &s(&t2, "refresh_token"), &at] {
         assert!(
@@ -1566,6 +1641,9 @@ async fn flags_read_their_environment_variables() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     srv.login(&other, "secret-pw").await.ok();
     drop(srv);
+    if skip_on_postgres("--demo keeps its password beside a SQLite file") {
+        return;
+    }
     for yes in ["1", "true", "yes"] {
         let env = Env::new();
         let srv = Server::start(&env.db, &[], &[("LATCHKEY_DEMO", yes)]);
@@ -1580,35 +1658,9 @@ async fn flags_read_their_environment_variables() {
 #[tokio::test]
 async fn serves_https_with_a_certificate() {
     let env = Env::new();
-    let (cert, key) = (
-        env.dir.path().join("cert.pem"),
-        env.dir.path().join("key.pem"),
-    );
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let Ok(status) = made else {
-        eprintln!("SKIPPED: openssl is not installed");
+    let Some(TestCert { ca, cert, key }) = localhost_cert(env.dir()) else {
         return;
     };
-    assert!(status.success());
     let (name, pw) = env.add_user();
     let srv = env.start(&[
         "--tls-cert",
@@ -1619,7 +1671,7 @@ async fn serves_https_with_a_certificate() {
     let base = srv.process.url();
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     let mut pem = Vec::new();
-    std::fs::File::open(&cert)
+    std::fs::File::open(&ca)
         .unwrap()
         .read_to_end(&mut pem)
         .unwrap();
@@ -1726,8 +1778,18 @@ async fn sign_ins_give_their_memory_back() {
 #[test]
 fn cli_backup_copies_a_checked_database_and_never_overwrites() {
     let env = Env::new();
+    if on_postgres() {
+        // PostgreSQL's own tools back it up: the command says which.
+        let to = env.dir().join("backup.db");
+        let out = env.cli(&["backup", "--to", to.to_str().unwrap()], None);
+        let err = assert_clean_failure(&out, "backup of a PostgreSQL store");
+        assert_eq!(said(&err).len(), 1, "{err}");
+        assert!(err.contains("pg_dump"), "{err}");
+        assert!(!to.exists());
+        return;
+    }
     let (name, _) = env.add_user();
-    let backup = env.dir.path().join("backup.db");
+    let backup = env.dir().join("backup.db");
     let to = backup.to_str().unwrap();
     let out = env.cli(&["backup", "--to", to], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -1758,8 +1820,8 @@ fn cli_backup_copies_a_checked_database_and_never_overwrites() {
     assert_eq!(said(&err).len(), 1, "{err}");
     assert!(err.contains("exists already"), "{err}");
     assert_eq!(std::fs::read(&backup).unwrap(), before);
-    let missing = env.dir.path().join("missing.db");
-    let other = env.dir.path().join("other.db");
+    let missing = env.dir().join("missing.db");
+    let other = env.dir().join("other.db");
     let out = run(
         &[
             "backup",

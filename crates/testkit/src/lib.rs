@@ -10,6 +10,7 @@
 //! | [`nginx`] | nginx as the load balancer in front of server instances, with the shipped config ([`Nginx`]) |
 //! | [`test_http`] | [`TestHttp`], the engine's transport with faults and counts |
 //! | [`engine`] | engines with fast timings, and [`wait_for`] a status |
+//! | [`cert`] | a TLS certificate for 127.0.0.1 from a CA of its own ([`localhost_cert`]) |
 //! | [`vault`], [`clock`] | [`MemoryVault`] and [`TestClock`], the keychain and clock of tests |
 //! | [`web`] | the tests' own HTTP calls to a server, as another device ([`web`](web::web)) |
 //! | [`wire`] | sync request bodies |
@@ -17,10 +18,12 @@
 //! | [`resp`] | the server's answers ([`Resp`]) and the checks PROTOCOL.md sets on them |
 //! | [`session`] | this executable run again in a desktop session of its own (D-Bus, Secret Service, Xvfb) |
 //! | [`names`] | unique names, ids, a free port, the time |
+//! | [`postgres`] | a private PostgreSQL cluster ([`PgCluster`]), and one test's database on the store `LATCHKEY_TEST_STORE` names ([`TestDb`]) |
 //! | [`poll`] | waiting with a deadline by polling |
 //!
 //! Everything is also at the root: `use latchkey_testkit::*;`.
 
+pub mod cert;
 pub mod clock;
 pub mod engine;
 pub mod fault;
@@ -28,6 +31,7 @@ pub mod forge;
 pub mod names;
 pub mod nginx;
 pub mod poll;
+pub mod postgres;
 pub mod proxy;
 pub mod resp;
 pub mod server;
@@ -38,6 +42,7 @@ pub mod vault;
 pub mod web;
 pub mod wire;
 
+pub use cert::{TestCert, localhost_cert};
 pub use clock::TestClock;
 pub use engine::{
     PW, engine, engine_with, save_notes, signed_in, test_config, wait_for, wait_state,
@@ -49,6 +54,7 @@ pub use libc;
 pub use names::{free_port, now, password, unique, uuid};
 pub use nginx::Nginx;
 pub use poll::{poll_every, poll_until};
+pub use postgres::{PgCluster, TestDb, on_postgres, skip_on_postgres};
 pub use resp::{
     Resp, assert_change_shape, assert_error, assert_keys, assert_reason, assert_token_response,
 };

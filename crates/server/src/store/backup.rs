@@ -31,7 +31,10 @@ pub struct BackupReport {
 pub fn sqlite_backup(from: &Path, to: &Path) -> Result<BackupReport> {
     let open_err = |path: &Path| {
         let path = path.display().to_string();
-        move |source| StoreError::Open { path, source }
+        move |source: rusqlite::Error| StoreError::Open {
+            path,
+            source: Box::new(source),
+        }
     };
     let src = Connection::open_with_flags(
         from,
@@ -44,7 +47,7 @@ pub fn sqlite_backup(from: &Path, to: &Path) -> Result<BackupReport> {
         .map_err(open_err(from))?;
     create_new_private(to).map_err(|e| StoreError::Open {
         path: to.display().to_string(),
-        source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        source: Box::new(e),
     })?;
     let copied = (|| {
         let mut dst = Connection::open(to)?;

@@ -1,7 +1,13 @@
-//! Storage behind one trait, so that a Postgres backend can sit beside the
-//! SQLite one without touching a handler. Every method is one transaction.
+//! Storage behind one trait, so that no handler knows which backend holds
+//! the state: SQLite (one file, zero setup: the default) or PostgreSQL
+//! (any number of server instances on one database). `--db` says which
+//! ([`Location`]). Every method is one transaction.
 
 mod backup;
+#[cfg(test)]
+mod conformance;
+mod notes;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -9,37 +15,143 @@ use latchkey_protocol::sync::MAX_PUSH_ANSWER_NOTES_BYTES;
 use latchkey_protocol::{NoteVersion, Op, OpResult, PullResponse, PushResponse, Reason};
 use uuid::Uuid;
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use backup::{BackupReport, sqlite_backup};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens (creating) the SQLite database at `path`, off the runtime.
-pub async fn open(path: &Path) -> Result<SqliteStore> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await?
+/// Where the server keeps its state, as `--db` names it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by a `postgres://` or `postgresql://` URL.
+    Postgres(String),
 }
 
+impl Location {
+    /// A URL of the `postgres` or `postgresql` scheme names a PostgreSQL
+    /// database; anything else is the path of a SQLite file.
+    pub fn parse(db: OsString) -> Self {
+        match db.to_str() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Location::Postgres(url.to_owned())
+            }
+            _ => Location::Sqlite(db.into()),
+        }
+    }
+
+    /// The SQLite file, if that is what this is.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Location::Sqlite(path) => Some(path),
+            Location::Postgres(_) => None,
+        }
+    }
+}
+
+/// The path, or the URL with its password left out: fit for messages and
+/// logs.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Location({self})")
+    }
+}
+
+/// `url` with the password of its user part and of any `password=` option
+/// replaced by `***`.
+fn without_password(url: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match main.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = match rest.rsplit_once('@') {
+                Some((user, host)) => match user.split_once(':') {
+                    Some((name, _)) => format!("{name}:***@{host}"),
+                    None => rest.to_owned(),
+                },
+                None => rest.to_owned(),
+            };
+            format!("{scheme}://{rest}")
+        }
+        None => main.to_owned(),
+    };
+    if let Some(query) = query {
+        let options: Vec<&str> = query
+            .split('&')
+            .map(|o| {
+                if o.starts_with("password=") {
+                    "password=***"
+                } else {
+                    o
+                }
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&options.join("&"));
+    }
+    out
+}
+
+/// Opens (creating if need be) and migrates the store `at` names.
+pub async fn open(at: &Location) -> Result<Arc<dyn Store>> {
+    match at {
+        Location::Sqlite(path) => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await??;
+            Ok(Arc::new(store))
+        }
+        Location::Postgres(url) => Ok(Arc::new(PgStore::open(url).await?)),
+    }
+}
+
+/// A store's failure. Every variant but [`StoreError::Unavailable`] is the
+/// server's own problem (answered 500); that one passes (answered 503).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `user add` of a name that is taken.
     #[error("a user named {0:?} already exists")]
     UserExists(String),
-    /// The database could not be opened: path, permissions, not a database.
+    /// The database could not be opened: path, permissions, not a database;
+    /// for PostgreSQL a bad URL, or a server that cannot be reached or
+    /// refuses us. `path` never shows a password.
     #[error("cannot open the database {path}: {source}")]
     Open {
         path: String,
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The database is from a newer server.
     #[error("the database schema version {found} is newer than this server's ({supported})")]
     TooNew { found: i64, supported: i64 },
-    /// Any other database failure.
+    /// Any other SQLite failure.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// Any other PostgreSQL failure (a query the database refused).
+    #[error("database error: {}", postgres::describe(.0))]
+    Pg(tokio_postgres::Error),
+    /// PostgreSQL cannot be reached now: down, restarting, failing over,
+    /// refusing connections, or no pooled connection came free in time.
+    /// Worth retrying later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// A stored value did not decode (a damaged database).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
@@ -57,6 +169,18 @@ pub struct UserRecord {
     pub created_at: i64,
 }
 
+impl UserRecord {
+    /// A user about to be added, with a new id.
+    fn new(username: &str, password_hash: &str, now: i64) -> Self {
+        Self {
+            id: Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: String,
@@ -66,6 +190,20 @@ pub struct SessionRecord {
     /// The absolute end of the session.
     pub expires_at: i64,
     pub revoked: Option<Reason>,
+}
+
+impl SessionRecord {
+    /// A session of `user` about to begin.
+    fn new(user: &UserRecord, session_id: &str, now: i64, expires_at: i64) -> Self {
+        Self {
+            id: session_id.to_owned(),
+            user_id: user.id.clone(),
+            username: user.username.clone(),
+            created_at: now,
+            expires_at,
+            revoked: None,
+        }
+    }
 }
 
 /// A live session as the session list shows it.
@@ -97,6 +235,26 @@ pub struct KeyRecord {
     pub secret: [u8; 32],
     pub created_at: i64,
     pub retired_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// A key as a store read it; its secret must be 32 bytes.
+    fn stored(
+        kid: String,
+        secret: Vec<u8>,
+        created_at: i64,
+        retired_at: Option<i64>,
+    ) -> Result<Self> {
+        let secret = secret
+            .try_into()
+            .map_err(|_| StoreError::Corrupt(format!("signing key {kid}")))?;
+        Ok(Self {
+            kid,
+            secret,
+            created_at,
+            retired_at,
+        })
+    }
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -200,6 +358,18 @@ pub struct Revocation {
     pub seq: i64,
     pub session_id: String,
     pub reason: Reason,
+}
+
+impl Revocation {
+    /// A revocation as a store read it (an unknown reason is a plain
+    /// revocation).
+    fn stored(seq: i64, session_id: String, reason: String) -> Self {
+        Self {
+            seq,
+            session_id,
+            reason: notes::reason_from_db(Some(reason)).unwrap_or(Reason::Revoked),
+        }
+    }
 }
 
 /// A user's latest rev moved (by a push through any process); `seq`

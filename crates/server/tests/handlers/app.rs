@@ -1,10 +1,11 @@
 //! The harness every handler test uses: an [`App`] (the whole `Router` over
-//! a state on a temporary SQLite database) whose answers are the kit's
-//! [`Resp`], checked on the way; signed-in users, request builders, and
-//! [`Events`], a live-updates stream read as it comes.
+//! a state on a fresh database of the store `LATCHKEY_TEST_STORE` names,
+//! SQLite by default) whose answers are the kit's [`Resp`], checked on the
+//! way; signed-in users, request builders, [`Events`], a live-updates
+//! stream read as it comes, and [`sql`] on the app's database.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -17,6 +18,7 @@ use http_body_util::BodyExt as _;
 use latchkey_server::auth::password::hash_password;
 use latchkey_server::cli::Command;
 use latchkey_server::state::AppState;
+use latchkey_server::store::{Location, Store};
 use latchkey_server::{Cli, build_state};
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -31,9 +33,10 @@ pub const JSON: &str = "application/json";
 pub struct App {
     pub router: Router,
     pub state: AppState,
-    pub db: PathBuf,
-    /// The database's directory, if this app made it.
-    _dir: Option<tempfile::TempDir>,
+    /// The database, as `--db` takes it: a file or a URL.
+    pub db: String,
+    /// The database, if this app made it.
+    _db: Option<TestDb>,
 }
 
 /// A signed-in user.
@@ -65,20 +68,19 @@ impl App {
 
     /// An app started with extra `serve` flags.
     pub async fn with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("s.db");
-        let mut app = Self::serve(db, extra).await;
-        app._dir = Some(dir);
+        let db = TestDb::new("s.db");
+        let mut app = Self::serve(db.arg().to_owned(), extra).await;
+        app._db = Some(db);
         app
     }
 
-    /// Another instance on the database of `db` (which must outlive it).
-    pub async fn on_database(db: &std::path::Path) -> Self {
+    /// Another instance on the database `db` (which must outlive it).
+    pub async fn on_database(db: &str) -> Self {
         Self::serve(db.to_owned(), &[]).await
     }
 
-    async fn serve(db: PathBuf, extra: &[&str]) -> Self {
-        let mut argv = vec!["latchkey-server", "serve", "--db", db.to_str().unwrap()];
+    async fn serve(db: String, extra: &[&str]) -> Self {
+        let mut argv = vec!["latchkey-server", "serve", "--db", &db];
         argv.extend_from_slice(extra);
         let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
@@ -89,7 +91,7 @@ impl App {
             router: latchkey_server::http::router(state.clone()),
             state,
             db,
-            _dir: None,
+            _db: None,
         }
     }
 
@@ -237,8 +239,9 @@ impl App {
     }
 
     /// A second handle on the same database, as another process would have.
-    pub async fn other_process(&self) -> latchkey_server::store::SqliteStore {
-        latchkey_server::store::open(&self.db).await.unwrap()
+    pub async fn other_process(&self) -> Arc<dyn Store> {
+        let at = Location::parse(self.db.clone().into());
+        latchkey_server::store::open(&at).await.unwrap()
     }
 
     /// Runs the server's background upkeep (the 250 ms poll of what other
@@ -446,11 +449,164 @@ pub fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 9, 8, last))
 }
 
-/// Runs SQL on the app's database, as an operator (or the clock) would.
-pub fn sql(app: &App, statement: &str, params: impl rusqlite::Params) {
+/// A value for [`sql`] and [`sql_rows`], on either store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Int(i64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+
+impl From<i32> for Val {
+    fn from(v: i32) -> Self {
+        Val::Int(v.into())
+    }
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Self {
+        Val::Text(v.to_owned())
+    }
+}
+
+impl From<&String> for Val {
+    fn from(v: &String) -> Self {
+        Val::Text(v.clone())
+    }
+}
+
+impl From<Vec<u8>> for Val {
+    fn from(v: Vec<u8>) -> Self {
+        Val::Bytes(v)
+    }
+}
+
+impl Val {
+    /// The value as an integer (PostgreSQL's rows come as text).
+    pub fn int(&self) -> i64 {
+        match self {
+            Val::Int(v) => *v,
+            Val::Text(t) => t.parse().unwrap(),
+            Val::Bytes(_) => panic!("bytes, not an integer"),
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            Val::Text(t) => t,
+            other => panic!("{other:?}, not text"),
+        }
+    }
+
+    /// The value as bytes (PostgreSQL's come as `\x` and hex).
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Val::Bytes(b) => b.clone(),
+            Val::Text(t) => {
+                let hex = t.strip_prefix("\\x").expect("bytea in hex");
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect()
+            }
+            Val::Int(_) => panic!("an integer, not bytes"),
+        }
+    }
+
+    /// The value as a PostgreSQL literal.
+    fn pg_literal(&self) -> String {
+        match self {
+            Val::Int(v) => v.to_string(),
+            Val::Text(t) => format!("'{}'", t.replace('\'', "''")),
+            Val::Bytes(b) => {
+                let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
+                format!("'\\x{hex}'::bytea")
+            }
+        }
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Val::Int(v) => v.to_sql(),
+            Val::Text(t) => t.to_sql(),
+            Val::Bytes(b) => b.to_sql(),
+        }
+    }
+}
+
+/// `statement` with its `?N` placeholders as PostgreSQL literals of
+/// `params`.
+fn with_literals(statement: &str, params: &[Val]) -> String {
+    let mut out = String::new();
+    let mut chars = statement.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '?' {
+            out.push(c);
+            continue;
+        }
+        let mut n = String::new();
+        while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            n.push(*d);
+            chars.next();
+        }
+        let i: usize = n.parse().expect("a numbered placeholder");
+        out.push_str(&params[i - 1].pg_literal());
+    }
+    out
+}
+
+/// Runs a statement on the app's database, as an operator (or the clock)
+/// would. Placeholders are `?1`, `?2`...; the SQL must mean the same to
+/// SQLite and PostgreSQL.
+pub fn sql(app: &App, statement: &str, params: &[Val]) {
+    if on_postgres() {
+        PgCluster::shared().psql(&app.db, &with_literals(statement, params));
+        return;
+    }
     let conn = rusqlite::Connection::open(&app.db).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    conn.execute(statement, params).unwrap();
+    conn.execute(statement, rusqlite::params_from_iter(params))
+        .unwrap();
+}
+
+/// The rows a query on the app's database returns (see [`sql`]).
+pub fn sql_rows(app: &App, statement: &str, params: &[Val]) -> Vec<Vec<Val>> {
+    if on_postgres() {
+        let out = PgCluster::shared().psql(&app.db, &with_literals(statement, params));
+        return out
+            .lines()
+            .map(|line| line.split('\t').map(Val::from).collect())
+            .collect();
+    }
+    let conn = rusqlite::Connection::open(&app.db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut stmt = conn.prepare(statement).unwrap();
+    let columns = stmt.column_count();
+    stmt.query_map(rusqlite::params_from_iter(params), |r| {
+        (0..columns)
+            .map(|i| {
+                Ok(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Integer(v) => Val::Int(v),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Val::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                    rusqlite::types::ValueRef::Blob(b) => Val::Bytes(b.to_vec()),
+                    other => panic!("a column of {other:?}"),
+                })
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
 }
 
 pub fn sha256(s: &str) -> Vec<u8> {

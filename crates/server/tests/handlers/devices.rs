@@ -135,13 +135,13 @@ async fn the_list_shows_live_sessions_most_recently_seen_first() {
     sql(
         &app,
         "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
-        (user.sid(), now - 7200),
+        &[user.sid().into(), (now - 7200).into()],
     );
     let laptop_sid = laptop["session_id"].as_str().unwrap();
     sql(
         &app,
         "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
-        (laptop_sid, now - 600),
+        &[laptop_sid.into(), (now - 600).into()],
     );
     let list = app.sessions(laptop["access_token"].as_str().unwrap()).await;
     let phone_sid = phone["session_id"].as_str().unwrap();
@@ -173,7 +173,7 @@ async fn the_list_shows_live_sessions_most_recently_seen_first() {
     sql(
         &app,
         "UPDATE sessions SET expires_at = ?2 WHERE id = ?1",
-        (phone_sid, now - 1),
+        &[phone_sid.into(), (now - 1).into()],
     );
     let list = app.sessions(laptop["access_token"].as_str().unwrap()).await;
     assert_eq!(ids(&list), [laptop_sid, user.sid()]);
@@ -183,13 +183,12 @@ async fn the_list_shows_live_sessions_most_recently_seen_first() {
 }
 
 fn last_seen(app: &App, sid: &str) -> i64 {
-    let conn = rusqlite::Connection::open(&app.db).unwrap();
-    conn.query_row(
+    sql_rows(
+        app,
         "SELECT last_seen_at FROM sessions WHERE id = ?1",
-        [sid],
-        |r| r.get(0),
-    )
-    .unwrap()
+        &[sid.into()],
+    )[0][0]
+        .int()
 }
 
 #[tokio::test]
@@ -201,7 +200,7 @@ async fn last_seen_moves_on_refresh_and_session_check_at_most_once_a_minute() {
         sql(
             &app,
             "UPDATE sessions SET last_seen_at = ?2 WHERE id = ?1",
-            (user.sid(), at),
+            &[user.sid().into(), at.into()],
         )
     };
     set(now - 3600);

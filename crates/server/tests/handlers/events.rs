@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use latchkey_server::Cli;
 use latchkey_server::cli::Command;
-use latchkey_server::store::Store as _;
 use serde_json::json;
 
 use crate::app::*;
@@ -246,15 +245,14 @@ async fn a_push_through_another_instance_is_told() {
 /// shutdown starts, instead of holding the graceful shutdown forever.
 #[tokio::test]
 async fn open_streams_do_not_hold_up_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
+    let db = TestDb::new("s.db");
     let cli = Cli::try_parse_from([
         "latchkey-server",
         "serve",
         "--addr",
         "127.0.0.1:0",
         "--db",
-        db.to_str().unwrap(),
+        db.arg(),
     ])
     .unwrap();
     let Command::Serve(args) = cli.command else {

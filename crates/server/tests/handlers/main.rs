@@ -1,5 +1,6 @@
 //! Handler tests: the whole `Router` driven with `oneshot`, over a state
-//! built on a temporary SQLite database. Every answer goes through
+//! built on a fresh database of the store `LATCHKEY_TEST_STORE` names
+//! (SQLite by default, or `postgres`). Every answer goes through
 //! [`app::App::call`], which also checks the invariants PROTOCOL.md sets for
 //! all answers: never a 5xx or a 422, every error a protocol error body.
 //!
@@ -15,6 +16,7 @@ mod events;
 mod history;
 mod meta;
 mod other_process;
+mod outage;
 mod pull;
 mod push;
 mod refresh;

@@ -2,7 +2,6 @@
 //! revocations and key rotations.
 
 use latchkey_protocol::KeySet;
-use latchkey_server::store::Store as _;
 use serde_json::Value;
 
 use crate::app::*;
@@ -84,7 +83,7 @@ async fn retired_keys_leave_the_jwks_once_no_token_of_theirs_can_be_valid() {
     sql(
         &app,
         "UPDATE signing_keys SET retired_at = retired_at - 2000 WHERE kid = ?1",
-        [&first],
+        &[(&first).into()],
     );
     let t = now();
     cli.rotate_key(latchkey_server::keys::generate(t), t)

@@ -214,17 +214,15 @@ async fn concurrent_refreshes_of_one_token_all_succeed_and_leave_one_live() {
         assert_eq!(status, StatusCode::OK, "{body}");
         issued.push(body["refresh_token"].as_str().unwrap().to_string());
     }
-    let conn = rusqlite::Connection::open(&app.db).unwrap();
-    let live: Vec<Vec<u8>> = conn
-        .prepare(
-            "SELECT hash FROM refresh_tokens WHERE session_id = ?1 \
-             AND used_at IS NULL AND retired_at IS NULL",
-        )
-        .unwrap()
-        .query_map([u.sid()], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let live: Vec<Vec<u8>> = sql_rows(
+        &app,
+        "SELECT hash FROM refresh_tokens WHERE session_id = ?1 \
+         AND used_at IS NULL AND retired_at IS NULL",
+        &[u.sid().into()],
+    )
+    .iter()
+    .map(|r| r[0].bytes())
+    .collect();
     assert_eq!(live.len(), 1);
     let live = issued
         .iter()
@@ -299,7 +297,7 @@ async fn the_retry_exception_lasts_60_seconds() {
     sql(
         &app,
         "UPDATE refresh_tokens SET used_at = used_at - 61 WHERE hash = ?1",
-        [sha256(u.refresh())],
+        &[sha256(u.refresh()).into()],
     );
     let r = app.refresh(u.refresh()).await;
     assert_reason(&r.body, "invalid_grant", "reused");
@@ -310,21 +308,17 @@ async fn the_retry_exception_lasts_60_seconds() {
 async fn the_refresh_tokens_are_stored_only_as_hashes() {
     let app = App::new().await;
     let u = app.user().await;
-    let conn = rusqlite::Connection::open(&app.db).unwrap();
-    let hashes: Vec<Vec<u8>> = conn
-        .prepare("SELECT hash FROM refresh_tokens")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let hashes: Vec<Vec<u8>> = sql_rows(&app, "SELECT hash FROM refresh_tokens", &[])
+        .iter()
+        .map(|r| r[0].bytes())
+        .collect();
     assert_eq!(hashes, vec![sha256(u.refresh())]);
-    let stored: String = conn
-        .query_row(
-            "SELECT password_hash FROM users WHERE username = ?1",
-            [&u.name],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stored = sql_rows(
+        &app,
+        "SELECT password_hash FROM users WHERE username = ?1",
+        &[(&u.name).into()],
+    )[0][0]
+        .text()
+        .to_owned();
     assert!(stored.starts_with("$argon2id$"), "{stored}");
 }

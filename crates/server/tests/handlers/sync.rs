@@ -568,7 +568,7 @@ async fn a_resent_op_whose_result_was_pruned_conflicts_and_keeps_its_text() {
     sql(
         &app,
         "UPDATE ops SET created_at = created_at - ?1 WHERE op_id != ?2",
-        rusqlite::params![month, recent_id],
+        &[month.into(), recent_id.into()],
     );
     assert_eq!(app.state.prune_ops(now()).await.unwrap(), 5);
     assert_eq!(app.state.prune_ops(now()).await.unwrap(), 0);

@@ -1,0 +1,296 @@
+//! From a `postgres://` URL to a bounded pool of connections: the URL's
+//! options this server reads itself (`pool_size`, `sslrootcert`), TLS by
+//! the workspace's rustls (ring) checking the server's certificate against
+//! the system's roots (and `sslrootcert`'s), the pool's time limits, and which failures mean "the database cannot be reached now" (a
+//! 503 the client retries) rather than a fault of the server (a 500).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+
+use crate::store::StoreError;
+
+/// Connections each server process keeps at most, unless the URL says
+/// `pool_size=N`.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long a request waits for a free connection, a new one, or the check
+/// of a pooled one, before it is answered 503.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// The options this server reads from the URL itself: tokio-postgres
+/// knows neither (the second is libpq's: a PEM file of CA certificates to
+/// trust besides the system's, as for a managed database's private CA).
+const POOL_SIZE_OPTION: &str = "pool_size";
+const ROOT_CERT_OPTION: &str = "sslrootcert";
+
+/// `sslmode` values of libpq that tokio-postgres does not parse. Both mean
+/// `require` here, where the certificate is always checked.
+const VERIFYING_SSL_MODES: [&str; 2] = ["sslmode=verify-ca", "sslmode=verify-full"];
+
+/// Why a URL cannot be used, in a sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct BadUrl(String);
+
+/// The pool for `url`. Connects to nothing yet: the first query does.
+pub(super) fn pool(url: &str) -> Result<Pool, BadUrl> {
+    let own = own_options(url)?;
+    let config: tokio_postgres::Config = own
+        .url
+        .parse()
+        .map_err(|e| BadUrl(format!("not a PostgreSQL URL: {}", describe(&e))))?;
+    let manager_config = ManagerConfig {
+        // A connection the server closed (a restart) is noticed by its
+        // connection task; one that only looks alive fails its next query
+        // with a 503, which the client retries.
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match config.get_ssl_mode() {
+        SslMode::Disable => Manager::from_config(config, NoTls, manager_config),
+        _ => Manager::from_config(config, tls(own.root_cert.as_deref())?, manager_config),
+    };
+    Pool::builder(manager)
+        .max_size(own.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(|e| BadUrl(format!("cannot make the connection pool: {e}")))
+}
+
+/// A URL split into what tokio-postgres reads and what this server does.
+#[derive(Debug, PartialEq)]
+struct OwnOptions {
+    /// The URL without this server's options, and with libpq's verifying
+    /// `sslmode`s as `require`.
+    url: String,
+    pool_size: usize,
+    root_cert: Option<PathBuf>,
+}
+
+fn own_options(url: &str) -> Result<OwnOptions, BadUrl> {
+    let mut own = OwnOptions {
+        url: url.to_owned(),
+        pool_size: DEFAULT_POOL_SIZE,
+        root_cert: None,
+    };
+    let Some((main, query)) = url.split_once('?') else {
+        return Ok(own);
+    };
+    let mut rest = Vec::new();
+    for option in query.split('&') {
+        match option.split_once('=') {
+            Some((POOL_SIZE_OPTION, n)) => {
+                own.pool_size = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    BadUrl(format!(
+                        "{POOL_SIZE_OPTION} must be a whole number over 0, not {n:?}"
+                    ))
+                })?;
+            }
+            Some((ROOT_CERT_OPTION, path)) => own.root_cert = Some(percent_decoded(path).into()),
+            _ if VERIFYING_SSL_MODES.contains(&option) => rest.push("sslmode=require"),
+            _ => rest.push(option),
+        }
+    }
+    own.url = if rest.is_empty() {
+        main.to_owned()
+    } else {
+        format!("{main}?{}", rest.join("&"))
+    };
+    Ok(own)
+}
+
+/// `s` with its `%XX` escapes decoded (a URL option's value).
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// TLS to the database: rustls on ring, the server's certificate checked
+/// against the system's roots and those of `root_cert` (as libpq's
+/// `verify-full` would).
+fn tls(root_cert: Option<&Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, BadUrl> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let extra_roots = match root_cert {
+        None => Vec::new(),
+        Some(path) => {
+            let unreadable = |e: &dyn std::fmt::Display| {
+                BadUrl(format!(
+                    "cannot read {ROOT_CERT_OPTION} {}: {e}",
+                    path.display()
+                ))
+            };
+            let pem = std::fs::read(path).map_err(|e| unreadable(&e))?;
+            let roots = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unreadable(&e))?;
+            if roots.is_empty() {
+                return Err(unreadable(&"no certificate in it"));
+            }
+            roots
+        }
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let setup_failed = |e: rustls::Error| BadUrl(format!("cannot set up TLS to the database: {e}"));
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+            .map_err(setup_failed)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(setup_failed)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// `e` with its causes: tokio-postgres says only "db error" or "error
+/// connecting to server" by itself. For the server's own errors only the
+/// message and its SQLSTATE: their DETAIL may quote a row (a note's text).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Whether `e` says the database cannot be reached now (down, restarting,
+/// failing over, refusing connections) rather than that a query was wrong.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        // Class 08: connection exceptions. 57P01-03: shut down or starting
+        // up. 53300: too many connections. 25006: a read-only transaction,
+        // which is a standby, as right after a failover.
+        let code = code.code();
+        return code.starts_with("08")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006");
+    }
+    // Not an answer from the server: the socket or TLS failed.
+    std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>())
+}
+
+/// Whether `e` lost a race another transaction won (a serialization
+/// failure or a deadlock): running it again is the answer.
+pub(super) fn lost_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Pg(pg) if pg.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    }))
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if unreachable(&e) {
+            StoreError::Unavailable(describe(&e))
+        } else {
+            StoreError::Pg(e)
+        }
+    }
+}
+
+/// Every pool failure is a database that cannot be reached: no connection
+/// came free, a new one could not be made (refused, timed out, TLS,
+/// authentication), or the pool is closing.
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => StoreError::Unavailable(describe(&e)),
+            PoolError::Timeout(_) => StoreError::Unavailable(format!(
+                "no connection to the database within {} s",
+                POOL_WAIT.as_secs()
+            )),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_own_options_are_taken_out_of_the_url() {
+        let own = own_options("postgres://u@h/db").unwrap();
+        assert_eq!(
+            own,
+            OwnOptions {
+                url: "postgres://u@h/db".into(),
+                pool_size: DEFAULT_POOL_SIZE,
+                root_cert: None
+            }
+        );
+        let own = own_options(
+            "postgres://u@h/db?sslmode=verify-full&pool_size=4&connect_timeout=3\
+             &sslrootcert=%2Fetc%2Fdb%20ca.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            own,
+            OwnOptions {
+                url: "postgres://u@h/db?sslmode=require&connect_timeout=3".into(),
+                pool_size: 4,
+                root_cert: Some("/etc/db ca.pem".into())
+            }
+        );
+        let own = own_options("postgres://u@h/db?pool_size=2").unwrap();
+        assert_eq!(own.url, "postgres://u@h/db");
+        for bad in ["0", "x", "-1", ""] {
+            assert!(own_options(&format!("postgres://h/db?pool_size={bad}")).is_err());
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_before_anything_connects() {
+        for url in [
+            "postgres://h/db?sslmode=sometimes",
+            "postgres://h/db?no_such_option=1",
+        ] {
+            let e = pool(url).expect_err(url).to_string();
+            assert!(e.starts_with("not a PostgreSQL URL"), "{e}");
+        }
+        assert!(pool("postgres://u:pw@localhost:1/db?sslmode=require").is_ok());
+        let e = pool("postgres://h/db?sslmode=require&sslrootcert=/nonexistent.pem")
+            .expect_err("a missing root certificate");
+        assert!(e.to_string().contains("/nonexistent.pem"), "{e}");
+    }
+}

@@ -1,0 +1,626 @@
+//! The PostgreSQL backend (`--db postgres://...`): the whole state of any
+//! number of identical server instances on one database. Nothing that
+//! decides correctness lives in one instance's memory:
+//! * a push first locks its user's row (`SELECT ... FOR UPDATE`), so one
+//!   user's pushes take turns whichever instance takes them, and revs are
+//!   allocated and committed in order;
+//! * a refresh token is spent by one conditional `UPDATE`: of several
+//!   instances presenting it at once exactly one spends it; the others then
+//!   take the token's row in turn and apply the retry rule, as SQLite's one
+//!   writer would have;
+//! * what other instances poll for ([`Store::revocations_since`],
+//!   [`Store::rev_changes_since`], [`Store::keys_version`]) is numbered in
+//!   commit order. A bare sequence hands out numbers in one order and
+//!   commits them in another: a poll could see 6 before 5 commits and never
+//!   ask for 5 again. So each number is taken under an advisory lock of its
+//!   kind held until commit. For pushes that serializes only their last
+//!   statement and commit; the rest runs in parallel.
+//!
+//! Every write is one READ COMMITTED transaction, run again from the start
+//! (a few times) when it loses a serialization race or a deadlock. Every
+//! read is one statement: one snapshot. Statements are prepared once per
+//! pooled connection.
+
+mod attempts;
+mod auth;
+mod connect;
+mod schema;
+mod sync;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Client, GenericClient, Pool};
+use latchkey_protocol::{NoteVersion, Op, PushResponse, Reason};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{
+    AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, DeletedUser, KeyRecord, PullOutcome,
+    RefreshOutcome, Result, RevChange, Revocation, SessionListing, SessionRecord, Store,
+    StoreError, TokenHash, UserRecord, without_password,
+};
+
+pub use connect::describe;
+
+/// Advisory locks, each "latchk" and a number: taken before a number of
+/// their kind, held until commit (see the module's documentation).
+const REVOCATIONS_LOCK: i64 = 0x6c61_7463_686b_0002;
+const REV_CHANGES_LOCK: i64 = 0x6c61_7463_686b_0003;
+const KEYS_LOCK: i64 = 0x6c61_7463_686b_0004;
+
+/// How many times a transaction that lost a race is run again.
+const RACE_RETRIES: u32 = 4;
+
+/// Runs `$work`, an expression using the transaction `$tx`, in a new
+/// transaction on a pooled connection, and commits it; runs it again from
+/// the start when it lost a race to another transaction. (A macro, not a
+/// function taking a closure: the work borrows the transaction, and a
+/// closure returning a future that borrows its argument cannot be written
+/// so that the future stays `Send`.)
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $work:expr) => {{
+        let mut attempt = 0;
+        loop {
+            let outcome = async {
+                let mut client = $store.client().await?;
+                let $tx = client.transaction().await?;
+                let out = $work;
+                $tx.commit().await?;
+                Ok::<_, StoreError>(out)
+            }
+            .await;
+            match outcome {
+                Err(e) if attempt < RACE_RETRIES && connect::lost_race(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(race_backoff(attempt)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+/// A short random wait before running a transaction again, longer after
+/// each loss, so that the two losers of a deadlock do not meet again.
+fn race_backoff(attempt: u32) -> std::time::Duration {
+    use rand::Rng as _;
+    let ms = rand::thread_rng().gen_range(1..=10) * u64::from(attempt);
+    std::time::Duration::from_millis(ms)
+}
+
+/// The store: a bounded pool of connections to one database.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to the database `url` names and migrates it. Fails if the
+    /// URL is wrong, the server cannot be reached, or the database is not
+    /// UTF-8.
+    pub async fn open(url: &str) -> Result<Self> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: without_password(url),
+            source,
+        };
+        let pool = connect::pool(url).map_err(|e| open_err(Box::new(e)))?;
+        let opened = async {
+            let mut client = pool.get().await?;
+            let row = client
+                .query_one("SELECT current_setting('server_encoding')", &[])
+                .await?;
+            let encoding: String = row.try_get(0)?;
+            if encoding != "UTF8" {
+                return Err(StoreError::Corrupt(format!(
+                    "the database's encoding is {encoding}; it must be UTF8 \
+                     (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+                )));
+            }
+            schema::migrate(&mut client).await
+        };
+        match opened.await {
+            Ok(()) => Ok(Self { pool }),
+            Err(e @ StoreError::TooNew { .. }) => Err(e),
+            Err(e) => Err(open_err(Box::new(e))),
+        }
+    }
+
+    /// A pooled connection; waits a bounded time for one.
+    async fn client(&self) -> Result<Client> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Runs `sql` (prepared once per connection) with `params`; its rows.
+async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query(&statement, params).await?)
+}
+
+/// Like [`query`], for at most one row.
+async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query_opt(&statement, params).await?)
+}
+
+/// Like [`query`], for exactly one row.
+async fn query_one(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&statement, params).await?)
+}
+
+/// Like [`query`], for a statement's count of rows changed.
+async fn execute(c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+    let statement = c.prepare_cached(sql).await?;
+    Ok(c.execute(&statement, params).await?)
+}
+
+/// Holds the advisory lock `key` until the transaction ends.
+async fn lock(c: &impl GenericClient, key: i64) -> Result<()> {
+    execute(c, "SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
+    Ok(())
+}
+
+/// Stored UTF-8 (a BYTEA column) as text.
+fn text(bytes: Vec<u8>, what: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| StoreError::Corrupt(format!("{what} is not UTF-8")))
+}
+
+/// Whether `s` can be a stored id or name: PostgreSQL's TEXT holds no NUL,
+/// so one with a NUL names nothing (and must not reach a query, which
+/// would fail).
+fn storable(s: &str) -> bool {
+    !s.contains('\0')
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<UserRecord> {
+        let user = UserRecord::new(username, password_hash, now);
+        in_transaction!(self, |tx| auth::create_user(&tx, &user).await?)?;
+        Ok(user)
+    }
+
+    async fn set_password(&self, username: &str, password_hash: &str) -> Result<bool> {
+        in_transaction!(self, |tx| auth::set_password(&tx, username, password_hash)
+            .await?)
+    }
+
+    async fn find_user(&self, username: &str) -> Result<Option<UserRecord>> {
+        auth::find_user(&self.client().await?, username).await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>> {
+        auth::list_users(&self.client().await?).await
+    }
+
+    async fn create_session(
+        &self,
+        user: &UserRecord,
+        session_id: &str,
+        refresh: TokenHash,
+        device_name: Option<&str>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<SessionRecord> {
+        let record = SessionRecord::new(user, session_id, now, expires_at);
+        in_transaction!(self, |tx| auth::create_session(
+            &tx,
+            &record,
+            &refresh,
+            device_name
+        )
+        .await?)?;
+        Ok(record)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        auth::get_session(&self.client().await?, session_id).await
+    }
+
+    async fn refresh(
+        &self,
+        presented: TokenHash,
+        next: TokenHash,
+        now: i64,
+    ) -> Result<RefreshOutcome> {
+        in_transaction!(self, |tx| auth::rotate_refresh(&tx, &presented, &next, now)
+            .await?)
+    }
+
+    async fn revoke_session(&self, session_id: &str, reason: Reason, now: i64) -> Result<bool> {
+        in_transaction!(self, |tx| auth::revoke(&tx, session_id, reason, now)
+            .await?)
+    }
+
+    async fn revoke_by_refresh(&self, token: TokenHash, now: i64) -> Result<Option<String>> {
+        in_transaction!(self, |tx| auth::revoke_by_refresh(&tx, &token, now).await?)
+    }
+
+    async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>> {
+        in_transaction!(self, |tx| auth::revoke_user(&tx, username, reason, now)
+            .await?)
+    }
+
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()> {
+        auth::touch(&self.client().await?, session_id, now).await
+    }
+
+    async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>> {
+        auth::live_sessions(&self.client().await?, user_id, now).await
+    }
+
+    async fn revoke_own_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<bool> {
+        in_transaction!(self, |tx| auth::revoke_own_session(
+            &tx, user_id, session_id, now
+        )
+        .await?)
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        user_id: &str,
+        keep: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        in_transaction!(self, |tx| auth::revoke_all_but(
+            &tx,
+            user_id,
+            Some(keep),
+            Reason::Revoked,
+            now
+        )
+        .await?)
+    }
+
+    async fn replace_password(
+        &self,
+        user_id: &str,
+        password_hash: &str,
+        keep: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        in_transaction!(self, |tx| auth::replace_password(
+            &tx,
+            user_id,
+            password_hash,
+            keep,
+            now
+        )
+        .await?)
+    }
+
+    async fn delete_user(&self, username: &str, now: i64) -> Result<Option<DeletedUser>> {
+        in_transaction!(self, |tx| auth::delete_user(&tx, username, now).await?)
+    }
+
+    async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>> {
+        auth::revocations_since(&self.client().await?, seq).await
+    }
+
+    async fn last_revocation(&self) -> Result<i64> {
+        auth::last_revocation(&self.client().await?).await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        auth::keys(&self.client().await?).await
+    }
+
+    async fn rotate_key(&self, key: KeyRecord, now: i64) -> Result<()> {
+        in_transaction!(self, |tx| auth::rotate_key(&tx, &key, now).await?)
+    }
+
+    async fn keys_version(&self) -> Result<i64> {
+        let row = query_one(
+            &self.client().await?,
+            "SELECT coalesce(max(seq), 0) FROM signing_keys",
+            &[],
+        )
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn push(&self, user_id: &str, ops: Vec<Op>, now: i64) -> Result<PushResponse> {
+        in_transaction!(self, |tx| sync::push(&tx, user_id, &ops, now).await?)
+    }
+
+    async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullOutcome> {
+        sync::pull(&self.client().await?, user_id, since, limit).await
+    }
+
+    async fn prune_ops(&self, before: i64, batch: usize) -> Result<usize> {
+        let n = execute(
+            &self.client().await?,
+            "DELETE FROM ops WHERE (user_id, op_id) IN \
+             (SELECT user_id, op_id FROM ops WHERE created_at < $1 LIMIT $2)",
+            &[&before, &(batch as i64)],
+        )
+        .await?;
+        Ok(n as usize)
+    }
+
+    async fn begin_attempt(
+        &self,
+        key: &AttemptKey,
+        limits: AttemptLimits,
+        now: i64,
+    ) -> Result<AttemptStart> {
+        in_transaction!(self, |tx| attempts::begin(&tx, key, limits, now).await?)
+    }
+
+    async fn end_attempt(&self, id: i64, outcome: AttemptOutcome) -> Result<()> {
+        in_transaction!(self, |tx| attempts::end(&tx, id, outcome).await?)
+    }
+
+    async fn prune_attempts(&self, before: i64) -> Result<usize> {
+        let n = execute(
+            &self.client().await?,
+            "DELETE FROM login_attempts WHERE started_at < $1",
+            &[&before],
+        )
+        .await?;
+        Ok(n as usize)
+    }
+
+    async fn latest_rev(&self, user_id: &str) -> Result<i64> {
+        let row = query_opt(
+            &self.client().await?,
+            "SELECT last_rev FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
+    async fn rev_changes_since(&self, seq: i64, limit: usize) -> Result<Vec<RevChange>> {
+        sync::rev_changes_since(&self.client().await?, seq, limit).await
+    }
+
+    async fn last_rev_change(&self) -> Result<i64> {
+        let row = query_one(
+            &self.client().await?,
+            "SELECT coalesce(max(change_seq), 0) FROM users",
+            &[],
+        )
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>> {
+        sync::history(&self.client().await?, user_id, note_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use latchkey_testkit::PgCluster;
+
+    use super::*;
+    use crate::store::{Location, open};
+
+    /// Two instances' stores on one fresh database; None (and why, said)
+    /// when PostgreSQL is not installed.
+    async fn two_instances() -> Option<(Arc<PgStore>, Arc<PgStore>)> {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return None;
+        }
+        let url = PgCluster::shared().database();
+        let a = Arc::new(PgStore::open(&url).await.unwrap());
+        let b = Arc::new(PgStore::open(&url).await.unwrap());
+        Some((a, b))
+    }
+
+    fn new_note() -> Op {
+        Op::Upsert {
+            op_id: Uuid::now_v7(),
+            note_id: Uuid::now_v7(),
+            base_rev: 0,
+            title: "t".into(),
+            body: "b".into(),
+            client_time: 1,
+            conflict_of: None,
+        }
+    }
+
+    /// One user's pushes through two instances at once take turns: every
+    /// push gets a block of revs of its own, and together they leave no
+    /// gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pushes_through_two_instances_take_revs_in_turn() {
+        let Some((a, b)) = two_instances().await else {
+            return;
+        };
+        let user = a.create_user("ann", "hash", 1).await.unwrap();
+        let pushes: Vec<_> = (0..20)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let user_id = user.id.clone();
+                tokio::spawn(async move {
+                    let ops = (0..5).map(|_| new_note()).collect();
+                    store.push(&user_id, ops, 2).await.unwrap()
+                })
+            })
+            .collect();
+        let mut cursors = Vec::new();
+        for push in pushes {
+            let answer = push.await.unwrap();
+            let revs: Vec<i64> = answer.results.iter().map(|r| r.rev).collect();
+            let first = answer.cursor - 4;
+            assert_eq!(revs, (first..=answer.cursor).collect::<Vec<_>>());
+            cursors.push(answer.cursor);
+        }
+        cursors.sort();
+        assert_eq!(cursors, (1..=20).map(|i| i * 5).collect::<Vec<_>>());
+        assert_eq!(b.latest_rev(&user.id).await.unwrap(), 100);
+        let PullOutcome::Page(page) = a.pull(&user.id, 0, 1000).await.unwrap() else {
+            panic!("ahead")
+        };
+        let revs: Vec<i64> = page.changes.iter().map(|c| c.rev).collect();
+        assert_eq!(revs, (1..=100).collect::<Vec<_>>());
+        // Twenty pushes, numbered as rev changes; the last one is seen.
+        let changes = b.rev_changes_since(0, 10).await.unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!((changes[0].rev, changes[0].seq), (100, 20));
+    }
+
+    /// A refresh token presented to two instances at once, many times
+    /// over: every presentation rotates it (one spends it, the others are
+    /// retries), and exactly one of the new tokens stays live.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_token_presented_to_two_instances_at_once_is_spent_once() {
+        let Some((a, b)) = two_instances().await else {
+            return;
+        };
+        let user = a.create_user("ann", "hash", 1).await.unwrap();
+        a.create_session(&user, "sid", [0; 32], None, 100, 10_000)
+            .await
+            .unwrap();
+        let tries: Vec<_> = (1..=8u8)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move { store.refresh([0; 32], [i; 32], 110).await.unwrap() })
+            })
+            .collect();
+        for t in tries {
+            assert!(matches!(t.await.unwrap(), RefreshOutcome::Rotated(_)));
+        }
+        let client = a.client().await.unwrap();
+        let live = client
+            .query(
+                "SELECT hash FROM refresh_tokens WHERE parent = $1 \
+                 AND used_at IS NULL AND retired_at IS NULL",
+                &[&&[0u8; 32][..]],
+            )
+            .await
+            .unwrap();
+        assert_eq!(live.len(), 1);
+        let live: Vec<u8> = live[0].get(0);
+        // The live one goes on; the session was never taken for stolen.
+        let next = b.refresh(live.try_into().unwrap(), [9; 32], 120).await;
+        assert!(matches!(next.unwrap(), RefreshOutcome::Rotated(_)));
+        assert_eq!(a.session("sid").await.unwrap().unwrap().revoked, None);
+    }
+
+    /// Instances started together on an empty database migrate it once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_starting_together_migrate_once() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let url = PgCluster::shared().database();
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PgStore::open(&url).await.map(|_| ()) })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap().unwrap();
+        }
+        let store = PgStore::open(&url).await.unwrap();
+        let client = store.client().await.unwrap();
+        let version: i64 = client
+            .query_one("SELECT version FROM schema_version", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, schema::MIGRATIONS.len() as i64);
+    }
+
+    /// TLS to the database works, checks the server's certificate (one
+    /// from an unknown CA is refused, clearly), and trusts a CA of
+    /// `sslrootcert` besides the system's.
+    #[tokio::test]
+    async fn tls_to_the_database_checks_its_certificate() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let Some((cluster, ca)) = PgCluster::start_tls() else {
+            return;
+        };
+        let url = cluster.tcp_url(&cluster.database_name());
+        let trusted = format!("{url}?sslmode=require&sslrootcert={}", ca.display());
+        let store = PgStore::open(&trusted).await.unwrap();
+        let client = store.client().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "the connection is not encrypted");
+        assert!(row.get::<_, String>(1).starts_with("TLSv1."));
+        // The system's roots alone do not know this CA.
+        for url in [
+            format!("{url}?sslmode=require"),
+            format!("{url}?sslmode=prefer"),
+        ] {
+            let refused = PgStore::open(&url).await.err().unwrap().to_string();
+            assert!(refused.starts_with("cannot open the database"), "{refused}");
+            assert!(refused.contains("certificate"), "{refused}");
+        }
+        // Without TLS, asked for: plain over TCP.
+        PgStore::open(&format!("{url}?sslmode=disable"))
+            .await
+            .unwrap();
+    }
+
+    /// While the database is down the store says it is unavailable, soon
+    /// and without hanging; once it is back the same store works again,
+    /// and nothing committed before is lost.
+    #[tokio::test]
+    async fn a_database_restart_is_unavailable_then_recovered() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let cluster = PgCluster::start();
+        let at = Location::Postgres(cluster.database());
+        let store = open(&at).await.unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        store.push(&user.id, vec![new_note()], 2).await.unwrap();
+
+        cluster.stop_server();
+        let started = std::time::Instant::now();
+        for _ in 0..3 {
+            let down = store.latest_rev(&user.id).await;
+            assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+            let down = store.push(&user.id, vec![new_note()], 3).await;
+            assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Opening the store at all is a clear failure too.
+        let opened = open(&at).await.err().unwrap();
+        assert!(
+            opened.to_string().starts_with("cannot open the database"),
+            "{opened}"
+        );
+
+        cluster.start_server();
+        assert_eq!(store.latest_rev(&user.id).await.unwrap(), 1);
+        let answer = store.push(&user.id, vec![new_note()], 4).await.unwrap();
+        assert_eq!(answer.cursor, 2);
+    }
+}
