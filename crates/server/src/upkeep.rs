@@ -1,17 +1,27 @@
-//! The background upkeep of a running server: revocations and key rotations
-//! made by other processes are polled (so they apply within a second), and
-//! caches and old op results are pruned now and then.
+//! The background upkeep of a running server: revocations, rev changes and
+//! key rotations made by other processes are polled for (so they apply
+//! within a second; at once on a store that announces them), and caches
+//! and old op results are pruned now and then.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::state::AppState;
+use crate::store::Changes;
 
-/// How often the database is polled for revocations and key rotations.
+/// How often the store is polled for other processes' changes, unless it
+/// announces them.
 const POLL_EVERY: Duration = Duration::from_millis(250);
-/// Polls between two prunings of the caches (a minute).
-const PRUNE_EVERY_POLLS: u64 = 240;
+/// How often a store that announces its changes is polled all the same: a
+/// backstop, in case an announcement goes astray.
+const POLL_BACKSTOP: Duration = Duration::from_secs(5);
+/// How long an announcement waits before its poll, so that a burst of
+/// them (every push of every instance is one) makes one poll.
+const GATHER: Duration = Duration::from_millis(20);
+/// How often the caches are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often old op results are pruned.
 const OP_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -22,26 +32,48 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) {
     tokio::spawn(prune_ops(state, stop));
 }
 
-/// Polls for revocations and key rotations made by other processes, and
-/// prunes caches now and then.
+/// Polls for revocations, rev changes and key rotations made by other
+/// processes, when the store announces some or else every [`POLL_EVERY`],
+/// and prunes caches now and then.
 async fn poll(state: AppState, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(POLL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds = 0u64;
+    let mut changes = state.store.changes();
+    let mut next_prune = Instant::now() + PRUNE_EVERY;
     loop {
-        tokio::select! {
+        let listening = changes.as_ref().is_some_and(|c| c.borrow().listening);
+        let wait = if listening { POLL_BACKSTOP } else { POLL_EVERY };
+        let heard = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => None,
+            heard = announced(&mut changes) => Some(heard),
+        };
+        match heard {
+            None => {}
+            Some(true) => {
+                tokio::time::sleep(GATHER).await;
+                if let Some(c) = &mut changes {
+                    c.borrow_and_update();
+                }
+            }
+            Some(false) => changes = None,
         }
         if let Err(e) = state.refresh_from_store().await {
             tracing::warn!(error = %e, "polling the database failed");
         }
-        rounds += 1;
-        if rounds.is_multiple_of(PRUNE_EVERY_POLLS)
-            && let Err(e) = state.prune().await
-        {
-            tracing::warn!(error = %e, "pruning failed");
+        if Instant::now() >= next_prune {
+            next_prune = Instant::now() + PRUNE_EVERY;
+            if let Err(e) = state.prune().await {
+                tracing::warn!(error = %e, "pruning failed");
+            }
         }
+    }
+}
+
+/// Waits for the store's next announcement: true when one came, false when
+/// the store stopped announcing; never ends if it never did.
+async fn announced(changes: &mut Option<watch::Receiver<Changes>>) -> bool {
+    match changes {
+        Some(c) => c.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

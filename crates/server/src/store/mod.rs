@@ -585,6 +585,25 @@ pub trait Store: Send + Sync + 'static {
     async fn end_attempt(&self, id: i64, outcome: AttemptOutcome) -> Result<()>;
     /// Deletes the attempts started before `before`; returns how many went.
     async fn prune_attempts(&self, before: i64) -> Result<usize>;
+
+    /// News of the changes other processes commit to this store, so that
+    /// [`Store::revocations_since`], [`Store::rev_changes_since`] and
+    /// [`Store::keys_version`] are read at once rather than at the next
+    /// poll; `None` (the default) when the store has no such signal and
+    /// only polling finds them.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<Changes>> {
+        None
+    }
+}
+
+/// What [`Store::changes`] says: whether the store is listening now, and
+/// a count that moves when there may be something new to read (a
+/// notification, or listening again after a break, in which anything may
+/// have been missed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub listening: bool,
+    pub heard: u64,
 }
 
 #[cfg(test)]

@@ -38,31 +38,102 @@ const VERIFYING_SSL_MODES: [&str; 2] = ["sslmode=verify-ca", "sslmode=verify-ful
 #[error("{0}")]
 pub(super) struct BadUrl(String);
 
-/// The pool for `url`. Connects to nothing yet: the first query does.
-pub(super) fn pool(url: &str) -> Result<Pool, BadUrl> {
+/// Where the database is and how to reach it, as read once from a URL:
+/// the pool's connections and the listener's are made alike.
+#[derive(Clone)]
+pub(super) struct Target {
+    config: tokio_postgres::Config,
+    /// `None`: `sslmode=disable`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    pool_size: usize,
+}
+
+/// What `url` says. Connects to nothing yet.
+pub(super) fn target(url: &str) -> Result<Target, BadUrl> {
     let own = own_options(url)?;
     let config: tokio_postgres::Config = own
         .url
         .parse()
         .map_err(|e| BadUrl(format!("not a PostgreSQL URL: {}", describe(&e))))?;
-    let manager_config = ManagerConfig {
-        // A connection the server closed (a restart) is noticed by its
-        // connection task; one that only looks alive fails its next query
-        // with a 503, which the client retries.
-        recycling_method: RecyclingMethod::Fast,
+    let tls = match config.get_ssl_mode() {
+        SslMode::Disable => None,
+        _ => Some(tls(own.root_cert.as_deref())?),
     };
-    let manager = match config.get_ssl_mode() {
-        SslMode::Disable => Manager::from_config(config, NoTls, manager_config),
-        _ => Manager::from_config(config, tls(own.root_cert.as_deref())?, manager_config),
-    };
-    Pool::builder(manager)
-        .max_size(own.pool_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(POOL_WAIT))
-        .create_timeout(Some(POOL_WAIT))
-        .recycle_timeout(Some(POOL_WAIT))
-        .build()
-        .map_err(|e| BadUrl(format!("cannot make the connection pool: {e}")))
+    Ok(Target {
+        config,
+        tls,
+        pool_size: own.pool_size,
+    })
+}
+
+impl Target {
+    /// The bounded pool. Connects to nothing yet: the first query does.
+    pub(super) fn pool(&self) -> Result<Pool, BadUrl> {
+        let manager_config = ManagerConfig {
+            // A connection the server closed (a restart) is noticed by its
+            // connection task; one that only looks alive fails its next
+            // query with a 503, which the client retries.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let config = self.config.clone();
+        let manager = match &self.tls {
+            None => Manager::from_config(config, NoTls, manager_config),
+            Some(tls) => Manager::from_config(config, tls.clone(), manager_config),
+        };
+        Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|e| BadUrl(format!("cannot make the connection pool: {e}")))
+    }
+
+    /// A connection of its own, outside the pool (one that LISTENs), and
+    /// the task driving it, which passes each notification to `heard` and
+    /// ends when the connection does. Gives up after the pool's wait.
+    pub(super) async fn connect(
+        &self,
+        heard: impl FnMut() + Send + 'static,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError> {
+        let connecting = async {
+            match &self.tls {
+                None => drive(self.config.connect(NoTls).await?, heard),
+                Some(tls) => drive(self.config.connect(tls.clone()).await?, heard),
+            }
+        };
+        tokio::time::timeout(POOL_WAIT, connecting)
+            .await
+            .map_err(|_| waited_too_long())?
+    }
+}
+
+/// Spawns the task driving `connection`, passing its notifications on.
+fn drive<S, T>(
+    (client, mut connection): (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+    mut heard: impl FnMut() + Send + 'static,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StoreError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_postgres::AsyncMessage;
+    let task = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let AsyncMessage::Notification(_) = message {
+                heard();
+            }
+        }
+    });
+    Ok((client, task))
+}
+
+/// The pool for `url`. Connects to nothing yet: the first query does.
+#[cfg(test)]
+fn pool(url: &str) -> Result<Pool, BadUrl> {
+    target(url)?.pool()
 }
 
 /// A URL split into what tokio-postgres reads and what this server does.
@@ -235,13 +306,17 @@ impl From<PoolError> for StoreError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::Backend(e) => StoreError::Unavailable(describe(&e)),
-            PoolError::Timeout(_) => StoreError::Unavailable(format!(
-                "no connection to the database within {} s",
-                POOL_WAIT.as_secs()
-            )),
+            PoolError::Timeout(_) => waited_too_long(),
             other => StoreError::Unavailable(other.to_string()),
         }
     }
+}
+
+fn waited_too_long() -> StoreError {
+    StoreError::Unavailable(format!(
+        "no connection to the database within {} s",
+        POOL_WAIT.as_secs()
+    ))
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 mod attempts;
 mod auth;
 mod connect;
+mod listen;
 mod schema;
 mod sync;
 
@@ -35,9 +36,9 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
-    AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, DeletedUser, KeyRecord, PullOutcome,
-    RefreshOutcome, Result, RevChange, Revocation, SessionListing, SessionRecord, Store,
-    StoreError, TokenHash, UserRecord, without_password,
+    AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, Changes, DeletedUser, KeyRecord,
+    PullOutcome, RefreshOutcome, Result, RevChange, Revocation, SessionListing, SessionRecord,
+    Store, StoreError, TokenHash, UserRecord, without_password,
 };
 
 pub use connect::describe;
@@ -91,6 +92,10 @@ fn race_backoff(attempt: u32) -> std::time::Duration {
 /// The store: a bounded pool of connections to one database.
 pub struct PgStore {
     pool: Pool,
+    target: connect::Target,
+    /// Other instances' news ([`Store::changes`]), listened for from the
+    /// first call on: a CLI command never asks, so never listens.
+    changes: std::sync::OnceLock<tokio::sync::watch::Receiver<Changes>>,
 }
 
 impl PgStore {
@@ -102,7 +107,8 @@ impl PgStore {
             path: without_password(url),
             source,
         };
-        let pool = connect::pool(url).map_err(|e| open_err(Box::new(e)))?;
+        let target = connect::target(url).map_err(|e| open_err(Box::new(e)))?;
+        let pool = target.pool().map_err(|e| open_err(Box::new(e)))?;
         let opened = async {
             let mut client = pool.get().await?;
             let row = client
@@ -118,7 +124,11 @@ impl PgStore {
             schema::migrate(&mut client).await
         };
         match opened.await {
-            Ok(()) => Ok(Self { pool }),
+            Ok(()) => Ok(Self {
+                pool,
+                target,
+                changes: Default::default(),
+            }),
             Err(e @ StoreError::TooNew { .. }) => Err(e),
             Err(e) => Err(open_err(Box::new(e))),
         }
@@ -405,6 +415,13 @@ impl Store for PgStore {
     async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>> {
         sync::history(&self.client().await?, user_id, note_id).await
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<Changes>> {
+        let rx = self
+            .changes
+            .get_or_init(|| listen::start(self.target.clone()));
+        Some(rx.clone())
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +602,85 @@ mod tests {
         PgStore::open(&format!("{url}?sslmode=disable"))
             .await
             .unwrap();
+    }
+
+    /// Waits (bounded) until `rx` says the store is listening.
+    async fn until_listening(rx: &mut tokio::sync::watch::Receiver<Changes>, listening: bool) {
+        let wait = rx.wait_for(|c| c.listening == listening);
+        tokio::time::timeout(std::time::Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("listening never turned {listening}"))
+            .unwrap();
+    }
+
+    /// Waits (bounded) for the next announcement; whether one came.
+    async fn announced(rx: &mut tokio::sync::watch::Receiver<Changes>) -> bool {
+        rx.borrow_and_update();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A revocation, a push and a key rotation through one instance are
+    /// announced to another at once; a read is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_one_instance_commits_is_announced_to_the_others() {
+        let Some((a, b)) = two_instances().await else {
+            return;
+        };
+        let mut rx = b.changes().unwrap();
+        until_listening(&mut rx, true).await;
+        let user = a.create_user("ann", "hash", 1).await.unwrap();
+        a.create_session(&user, "sid", [0; 32], None, 100, 10_000)
+            .await
+            .unwrap();
+
+        rx.borrow_and_update();
+        a.latest_rev(&user.id).await.unwrap();
+        a.pull(&user.id, 0, 10).await.unwrap();
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), rx.changed());
+        assert!(quiet.await.is_err(), "a read was announced");
+
+        let push = a.push(&user.id, vec![new_note()], 2);
+        let (pushed, heard) = tokio::join!(push, announced(&mut rx));
+        pushed.unwrap();
+        assert!(heard, "a push was not announced");
+
+        let revoke = a.revoke_session("sid", Reason::Revoked, 3);
+        let (revoked, heard) = tokio::join!(revoke, announced(&mut rx));
+        revoked.unwrap();
+        assert!(heard, "a revocation was not announced");
+
+        let key = KeyRecord {
+            kid: "k2".into(),
+            secret: [7; 32],
+            created_at: 4,
+            retired_at: None,
+        };
+        let rotate = a.rotate_key(key, 4);
+        let (rotated, heard) = tokio::join!(rotate, announced(&mut rx));
+        rotated.unwrap();
+        assert!(heard, "a key rotation was not announced");
+    }
+
+    /// The listener finds a restarted database by itself and says so, and
+    /// hearing again counts as news (what was missed is polled for).
+    #[tokio::test]
+    async fn listening_resumes_after_the_database_restarts() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let cluster = PgCluster::start();
+        let store = PgStore::open(&cluster.database()).await.unwrap();
+        let mut rx = store.changes().unwrap();
+        until_listening(&mut rx, true).await;
+        let before = rx.borrow().heard;
+        cluster.stop_server();
+        until_listening(&mut rx, false).await;
+        cluster.start_server();
+        until_listening(&mut rx, true).await;
+        assert!(rx.borrow().heard > before);
     }
 
     /// While the database is down the store says it is unavailable, soon

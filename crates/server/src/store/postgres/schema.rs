@@ -113,6 +113,24 @@ CREATE INDEX login_attempts_address ON login_attempts(address, started_at);
 CREATE INDEX login_attempts_user ON login_attempts(user_key, address);
 CREATE INDEX login_attempts_started ON login_attempts(started_at);
 "#,
+    // What other instances poll for (a revocation, a user's rev, a new
+    // signing key) is announced at commit, so that they poll at once
+    // (`listen.rs`). Once per statement: a push of 500 ops notifies once,
+    // and PostgreSQL folds a transaction's like notifications into one.
+    r#"
+CREATE FUNCTION latchkey_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('latchkey_changes', TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER revocations_notify AFTER INSERT ON revocations
+    FOR EACH STATEMENT EXECUTE FUNCTION latchkey_notify();
+CREATE TRIGGER signing_keys_notify AFTER INSERT ON signing_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION latchkey_notify();
+CREATE TRIGGER users_notify AFTER UPDATE OF change_seq ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION latchkey_notify();
+"#,
 ];
 
 /// The advisory lock migrations run under ("latchk" and 1).
