@@ -1,13 +1,13 @@
 //! The administrative subcommands: `user add`, `user list`, `user passwd`,
-//! `user delete`, `session list`, `session revoke`, `keys rotate` and
-//! `backup`, each run against the database and done.
+//! `user delete`, `session list`, `session revoke`, `keys rotate`,
+//! `backup` and `migrate-store`, each run against the database and done.
 
 use std::io::{BufRead as _, IsTerminal as _};
 
 use latchkey_protocol::{Reason, password_length_problem};
 
 use crate::auth::password::hash_password;
-use crate::cli::{KeysCommand, PasswordArgs, SessionCommand, UserCommand};
+use crate::cli::{KeysCommand, MigrateArgs, PasswordArgs, SessionCommand, UserCommand};
 use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::store;
@@ -217,4 +217,48 @@ pub async fn backup(db: &store::Location, to: &std::path::Path) -> Result<()> {
         report.sessions
     );
     Ok(())
+}
+
+/// `migrate-store`: the SQLite database copied whole into PostgreSQL,
+/// checked; one line per table (rows and SHA-256), then what to do next.
+pub async fn migrate_store(args: MigrateArgs) -> Result<()> {
+    let Some(from) = args.from.sqlite_path() else {
+        return Err(Error::Invalid(
+            "--from names the SQLite database file of the server to copy, not a PostgreSQL URL"
+                .into(),
+        ));
+    };
+    let store::Location::Postgres(to) = &args.to else {
+        return Err(Error::Invalid(format!(
+            "--to must be a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DBNAME), not {}",
+            args.to
+        )));
+    };
+    let report = store::migrate_store(from, to, args.replace).await?;
+    let mut out = std::io::stdout().lock();
+    if let Some(version) = report.migrated_from {
+        say(
+            &mut out,
+            format_args!(
+                "migrated {} from schema version {version} first",
+                from.display()
+            ),
+        )?;
+    }
+    for t in &report.tables {
+        say(
+            &mut out,
+            format_args!("{:<15} {:>9} rows  sha256 {}", t.table, t.rows, t.hex()),
+        )?;
+    }
+    say(
+        &mut out,
+        format_args!(
+            "copied {} into {} in {:.1} s; every table matches the source. Serve with --db on \
+             it and the same --issuer: devices stay signed in",
+            from.display(),
+            args.to,
+            report.took.as_secs_f64()
+        ),
+    )
 }

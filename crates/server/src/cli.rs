@@ -46,6 +46,46 @@ pub enum Command {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Copy a SQLite server's whole state into a PostgreSQL database, and
+    /// check the copy.
+    ///
+    /// Users, sessions, refresh tokens, signing keys, notes, history, op
+    /// results and sign-in throttling are copied in one transaction; every
+    /// table's rows are counted and summed (SHA-256) on both sides, and any
+    /// difference rolls it all back. Stop the server first: what it writes
+    /// once the copy has begun is not copied. A source of an older version
+    /// is migrated first, as the server's next start would do; one of this
+    /// version is only read. Then serve with --db on the PostgreSQL URL and
+    /// the same --issuer: devices stay signed in and in sync.
+    MigrateStore(MigrateArgs),
+}
+
+/// What `migrate-store` copies, and where to.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The SQLite database file of the server to copy (never created).
+    #[arg(
+        long,
+        value_name = "FILE",
+        value_parser = OsStringValueParser::new().map(Location::parse)
+    )]
+    pub from: Location,
+    /// The PostgreSQL database to copy into,
+    /// postgres://USER:PASSWORD@HOST:PORT/DBNAME, with the options of
+    /// --db (it must exist, in UTF8; its tables are made if missing). The
+    /// variable keeps the password out of the process list.
+    #[arg(
+        long,
+        env = "LATCHKEY_MIGRATE_TO",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = OsStringValueParser::new().map(Location::parse)
+    )]
+    pub to: Location,
+    /// Copy into a database that holds data already (without it, that is
+    /// refused): everything in it is deleted, in the same transaction.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// Where the database lives; shared by every subcommand.

@@ -62,5 +62,6 @@ pub async fn execute(cli: Cli) -> Result<(), Error> {
         Command::Session(cmd) => admin::session(cmd).await,
         Command::Keys(cmd) => admin::keys(cmd).await,
         Command::Backup { to, db } => admin::backup(&db.db, &to).await,
+        Command::MigrateStore(args) => admin::migrate_store(args).await,
     }
 }

@@ -1929,3 +1929,330 @@ async fn behind_nginx_two_instances_share_the_work_and_streams_pass_unbuffered()
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "request_too_large", "{body}");
 }
+
+// ------------------------------------------------------- migrate-store
+
+/// The URL of a new database of the private PostgreSQL cluster, with a
+/// password in it (the cluster trusts its user: the password is only
+/// there to be kept out of every message).
+fn pg_url_with_password() -> String {
+    let url = PgCluster::shared().database();
+    url.replacen(
+        "postgres://latchkey@",
+        "postgres://latchkey:hunter2-secret@",
+        1,
+    )
+}
+
+/// The rows `migrate-store` said it copied into `table`.
+fn rows_copied(said: &str, table: &str) -> u64 {
+    let line = said
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(table))
+        .unwrap_or_else(|| panic!("no line for {table}: {said}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        words.len() == 5 && words[2] == "rows" && words[3] == "sha256" && words[4].len() == 64,
+        "{line}"
+    );
+    words[1].parse().unwrap()
+}
+
+/// A password grant from a device that names itself.
+async fn sign_in_as(srv: &Server, name: &str, pw: &str, device: &str) -> Value {
+    srv.form(
+        "/v1/auth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", name),
+            ("password", pw),
+            ("device_name", device),
+        ],
+        None,
+    )
+    .await
+    .ok()
+    .clone()
+}
+
+/// A SQLite server with devices that synced, edited, deleted, made a
+/// conflict copy, rotated the signing key, ended a session and spent
+/// refresh tokens is stopped and copied into PostgreSQL; a server on the
+/// copy with the same issuer then carries every device on: their access
+/// and refresh tokens work (no new sign-in), pulls, history and the
+/// session list are as before, a push takes the next rev, the ended
+/// session stays ended and a spent refresh token is still reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_moves_a_server_to_postgres_and_its_devices_carry_on() {
+    if !PgCluster::available() {
+        println!("skipped: PostgreSQL is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (name, pw) = (unique("user"), password());
+    add_user(BIN.as_ref(), &db, &name, &pw);
+    let issuer = ["--issuer", "https://notes.example.org"];
+    let mut a = Server::start(&db, &issuer, &[]);
+
+    let laptop = sign_in_as(&a, &name, &pw, "laptop").await;
+    let mut phone = sign_in_as(&a, &name, &pw, "phone").await;
+    let tablet = sign_in_as(&a, &name, &pw, "tablet").await;
+    let lost = sign_in_as(&a, &name, &pw, "lost phone").await;
+    let laptop_at = s(&laptop, "access_token");
+
+    // Notes: made, edited on another device, deleted, and a stale edit
+    // that becomes a conflict copy.
+    let (list, todo) = (uuid(), uuid());
+    a.push_ok(
+        &laptop_at,
+        vec![
+            upsert(&uuid(), &list, 0, "groceries", "milk"),
+            upsert(&uuid(), &todo, 0, "todo", "call"),
+        ],
+    )
+    .await;
+    a.push_ok(
+        &s(&phone, "access_token"),
+        vec![upsert(&uuid(), &list, 1, "groceries", "milk, eggs")],
+    )
+    .await;
+    a.push_ok(&laptop_at, vec![delete(&uuid(), &todo, 2)]).await;
+    let stale = a
+        .push_ok(
+            &laptop_at,
+            vec![upsert(&uuid(), &list, 1, "groceries", "milk, bread")],
+        )
+        .await;
+    assert_eq!(stale["results"][0]["status"], "conflict", "{stale}");
+
+    // A new signing key: the phone's next tokens are signed with it.
+    let old_kid = s(&jwt_part(&laptop_at, 0), "kid");
+    let out = run(&["keys", "rotate", "--db", db.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let started = Instant::now();
+    while jwt_part(&s(&phone, "access_token"), 0)["kid"] == old_kid.as_str() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still the old key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        phone = a.refresh(&s(&phone, "refresh_token")).await.ok().clone();
+    }
+    // The tablet's session is ended from the laptop; the lost phone's
+    // first refresh token is spent twice over.
+    let tablet_sid = s(&tablet, "session_id");
+    let ended = a
+        .http
+        .delete(a.url(&format!("/v1/auth/sessions/{tablet_sid}")))
+        .bearer_auth(&laptop_at)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::NO_CONTENT);
+    let lost1 = a.refresh(&s(&lost, "refresh_token")).await.ok().clone();
+    a.refresh(&s(&lost1, "refresh_token")).await.ok();
+
+    let pulled = a.pull_ok(&laptop_at, "?since=0&limit=100").await;
+    let changes = pulled["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3, "{pulled}");
+    assert!(changes.iter().any(|c| c["conflict_of"] == list.as_str()));
+    let history_path = format!("/v1/notes/{list}/history");
+    let history = a.get(&history_path, Some(&laptop_at)).await.ok().clone();
+    let devices = a
+        .get("/v1/auth/sessions", Some(&laptop_at))
+        .await
+        .ok()
+        .clone();
+    a.terminate();
+
+    let url = pg_url_with_password();
+    let out = run(
+        &[
+            "migrate-store",
+            "--from",
+            db.to_str().unwrap(),
+            "--to",
+            &url,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        !said.contains("hunter2-secret"),
+        "the password shown: {said}"
+    );
+    let copied: Vec<u64> = [
+        "users",
+        "sessions",
+        "refresh_tokens",
+        "revocations",
+        "signing_keys",
+        "notes",
+        "note_versions",
+        "ops",
+        "login_attempts",
+    ]
+    .iter()
+    .map(|table| rows_copied(&said, table))
+    .collect();
+    // Tokens: 4 sign-ins, the phone's refreshes, the lost phone's 2.
+    assert_eq!(&copied[..2], [1, 4], "{said}");
+    assert!(copied[2] >= 7, "{said}");
+    assert_eq!(&copied[3..], [1, 2, 3, 2, 5, 0], "{said}");
+    assert!(said.contains("every table matches the source"), "{said}");
+
+    let b = Server::start(Path::new(&url), &issuer, &[]);
+    // Tokens signed before and after the rotation, issued by the old
+    // server, are the new one's.
+    b.session(&laptop_at).await.ok();
+    b.session(&s(&phone, "access_token")).await.ok();
+    assert_eq!(b.pull_ok(&laptop_at, "?since=0&limit=100").await, pulled);
+    assert_eq!(b.get(&history_path, Some(&laptop_at)).await.ok(), &history);
+    assert_eq!(
+        b.get("/v1/auth/sessions", Some(&laptop_at)).await.ok(),
+        &devices
+    );
+    // The ended session stays ended; the spent token is reuse.
+    let r = b.session(&s(&tablet, "access_token")).await;
+    r.unauthorized();
+    assert_eq!(r.body["reason"], "revoked");
+    let r = b.refresh(&s(&tablet, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "revoked");
+    let r = b.refresh(&s(&lost, "refresh_token")).await;
+    r.err(400, "invalid_grant");
+    assert_eq!(r.body["reason"], "reused");
+    // Refreshes go on, pushes take the next rev, sign-ins work.
+    let laptop2 = b.refresh(&s(&laptop, "refresh_token")).await.ok().clone();
+    let phone2 = b.refresh(&s(&phone, "refresh_token")).await.ok().clone();
+    let pushed = b
+        .push_ok(
+            &s(&phone2, "access_token"),
+            vec![upsert(&uuid(), &list, 3, "groceries", "milk, eggs, tea")],
+        )
+        .await;
+    assert_eq!(pushed["cursor"], 6, "{pushed}");
+    let next = b.pull_ok(&s(&laptop2, "access_token"), "?since=5").await;
+    assert_eq!(next["changes"][0]["body"], "milk, eggs, tea", "{next}");
+    sign_in_as(&b, &name, &pw, "new laptop").await;
+}
+
+/// A target holding data is refused in one sentence saying what it holds
+/// (never the password), and left as it was; `--replace` replaces it.
+#[test]
+fn migrate_store_refuses_a_target_with_data_unless_told_to_replace_it() {
+    if !PgCluster::available() {
+        println!("skipped: PostgreSQL is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let first = unique("user");
+    add_user(BIN.as_ref(), &db, &first, &password());
+    let (from, url) = (db.to_str().unwrap(), pg_url_with_password());
+    let out = run(&["migrate-store", "--from", from, "--to", &url], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let second = unique("user");
+    add_user(BIN.as_ref(), &db, &second, &password());
+    let out = run(&["migrate-store", "--from", from, "--to", &url], None);
+    let err = assert_clean_failure(&out, "a target with data");
+    assert_eq!(said(&err).len(), 1, "{err}");
+    assert!(err.contains("already holds data (users: 1"), "{err}");
+    assert!(err.contains("--replace"), "{err}");
+    assert!(err.contains("latchkey:***@"), "{err}");
+    assert!(!err.contains("hunter2-secret"), "the password shown: {err}");
+    let users = text(&run(&["user", "list", "--db", &url], None).stdout);
+    assert!(
+        users.contains(&first) && !users.contains(&second),
+        "{users}"
+    );
+
+    // The URL may come from the environment, out of the process list.
+    let out = run_env(
+        &["migrate-store", "--from", from, "--replace"],
+        None,
+        &[("LATCHKEY_MIGRATE_TO", &url)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(rows_copied(&text(&out.stdout), "users"), 2);
+    let users = text(&run(&["user", "list", "--db", &url], None).stdout);
+    assert!(users.contains(&first) && users.contains(&second), "{users}");
+}
+
+/// Every way the command cannot run is one sentence, exit code 1, no
+/// password, and leaves the source as it was (a missing one is not made).
+#[test]
+fn migrate_store_bad_input_is_one_clear_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    add_user(BIN.as_ref(), &db, &unique("user"), &password());
+    let missing = dir.path().join("missing.db");
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup');")
+        .unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, b"not a database at all ".repeat(100)).unwrap();
+    let newer = dir.path().join("newer.db");
+    std::fs::copy(&db, &newer).unwrap();
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 999)
+        .unwrap();
+    let port = free_port();
+    let unreachable = format!("postgres://latchkey:hunter2-secret@127.0.0.1:{port}/notes");
+    let bad_option = format!("{unreachable}?bogus=1");
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let before: Vec<Vec<u8>> = [&db, &foreign, &garbage]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+
+    for (from, to, expected) in [
+        (
+            path(&db),
+            unreachable.clone(),
+            "cannot open the database postgres://latchkey:***@",
+        ),
+        (path(&db), bad_option, "not a PostgreSQL URL"),
+        (path(&db), path(&foreign), "--to must be a PostgreSQL URL"),
+        (
+            path(&missing),
+            unreachable.clone(),
+            "cannot open the database",
+        ),
+        (
+            path(&foreign),
+            unreachable.clone(),
+            "is not a Latchkey server's database",
+        ),
+        (path(&garbage), unreachable.clone(), "not a database"),
+        (
+            path(&newer),
+            unreachable.clone(),
+            "newer than this server's",
+        ),
+        (
+            unreachable.clone(),
+            unreachable.clone(),
+            "--from names the SQLite database",
+        ),
+    ] {
+        let out = run(&["migrate-store", "--from", &from, "--to", &to], None);
+        let err = assert_clean_failure(&out, &format!("{from} -> {to}"));
+        assert_eq!(said(&err).len(), 1, "{from} -> {to}: {err}");
+        assert!(err.contains(expected), "{from} -> {to}: {err}");
+        assert!(!err.contains("hunter2-secret"), "the password shown: {err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
+    }
+    assert!(!missing.exists(), "a missing source was made");
+    let after: Vec<Vec<u8>> = [&db, &foreign, &garbage]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(before == after, "a source was written to");
+}

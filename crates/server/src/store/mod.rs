@@ -6,6 +6,7 @@
 mod backup;
 #[cfg(test)]
 mod conformance;
+mod migrate;
 mod notes;
 mod postgres;
 mod sqlite;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use backup::{BackupReport, sqlite_backup};
+pub use migrate::{MigrateReport, TableSum, migrate_store};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -141,6 +143,22 @@ pub enum StoreError {
     /// The database is from a newer server.
     #[error("the database schema version {found} is newer than this server's ({supported})")]
     TooNew { found: i64, supported: i64 },
+    /// `migrate-store` from a SQLite file that is a database, but not a
+    /// Latchkey server's.
+    #[error("{path} is not a Latchkey server's database (it has no Latchkey tables)")]
+    NotLatchkey { path: String },
+    /// `migrate-store` into a database holding rows already (`found` says
+    /// how many, by table), without `--replace`. `target` never shows a
+    /// password.
+    #[error(
+        "{target} already holds data ({found}); add --replace to delete it and copy the \
+         source in its place"
+    )]
+    TargetNotEmpty { target: String, found: String },
+    /// `migrate-store`'s check found a table whose copy differs from the
+    /// source; the copy was rolled back.
+    #[error("the copy of table {table} does not match the source ({detail}); nothing was written")]
+    CopyMismatch { table: &'static str, detail: String },
     /// Any other SQLite failure.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),

@@ -28,7 +28,7 @@ use super::{
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY,

@@ -135,7 +135,7 @@ impl PgStore {
     }
 
     /// A pooled connection; waits a bounded time for one.
-    async fn client(&self) -> Result<Client> {
+    pub(in crate::store) async fn client(&self) -> Result<Client> {
         Ok(self.pool.get().await?)
     }
 }
