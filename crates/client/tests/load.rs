@@ -6,6 +6,9 @@
 //! access tokens live 30 s, so every client refreshes every ~25 s) and now
 //! and then signs out and in again. 60 seconds by default; `LATCHKEY_LONG=1`
 //! runs 10 minutes (`bash scripts/reliability.sh load`, release build).
+//! With `LATCHKEY_TEST_SERVERS=3` the server is three instances on one
+//! PostgreSQL database behind nginx (the testkit's `TestServer`), and its
+//! figures are the sums over the three processes.
 //!
 //! Asserted (behaviour): no failed request, no failed sync, every edit on
 //! the server exactly once at the end, and the server's open file
@@ -185,40 +188,46 @@ struct Sample {
     load1: f64,
 }
 
-fn sample(pid: u32, at: Duration) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .collect();
-    let fds = links.len();
-    let db_fds = links.iter().filter(|l| l.ends_with("server.db")).count();
-    // utime and stime: fields 14 and 15, counted after the ")" of the name.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let load1 = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    Sample {
+/// The server's figures: summed over its processes when several instances
+/// run behind nginx (`LATCHKEY_TEST_SERVERS`).
+fn sample(pids: &[u32], at: Duration) -> Sample {
+    let mut total = Sample {
         at,
-        rss_kib,
-        fds,
-        db_fds,
-        cpu_secs: ticks as f64 / 100.0,
-        load1,
+        rss_kib: 0,
+        fds: 0,
+        db_fds: 0,
+        cpu_secs: 0.0,
+        load1: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0),
+    };
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        total.rss_kib += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .collect();
+        total.fds += links.len();
+        total.db_fds += links.iter().filter(|l| l.ends_with("server.db")).count();
+        // utime and stime: fields 14 and 15, counted after the ")" of the
+        // name.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        total.cpu_secs += ticks as f64 / 100.0;
     }
+    total
 }
 
 // ---------------------------------------------------------------- a client
@@ -405,7 +414,7 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
     server_bin(); // built before the clock starts
     let t0 = Instant::now();
     let server = TestServer::start(&["--access-ttl", ACCESS_TTL]);
-    let pid = server.pid();
+    let pids = server.pids();
 
     // Warm-up 1: the users, with the server's CLI, a few at once.
     let users: Vec<String> = (0..CLIENTS).map(|n| format!("load{n:03}")).collect();
@@ -468,18 +477,19 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
     // The measured window.
     figures.phase.store(MEASURED, Ordering::SeqCst);
     let window_from = Instant::now();
-    let start = sample(pid, Duration::ZERO);
+    let start = sample(&pids, Duration::ZERO);
     let stop_at = window_from + window;
     let (stop_sampling, mut sampling) = tokio::sync::watch::channel(false);
     let sampler = tokio::spawn({
         let every = window / 12;
+        let pids = pids.clone();
         async move {
             let mut samples = Vec::new();
             while tokio::time::timeout(every, sampling.changed())
                 .await
                 .is_err()
             {
-                samples.push(sample(pid, window_from.elapsed()));
+                samples.push(sample(&pids, window_from.elapsed()));
             }
             samples
         }
@@ -501,7 +511,7 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
     }
     let mut clients = tasks.join_all().await;
     clients.sort_by_key(|c| c.n);
-    let end = sample(pid, window_from.elapsed());
+    let end = sample(&pids, window_from.elapsed());
     let _ = stop_sampling.send(true);
     let timeline = sampler.await.unwrap();
     let measured = window_from.elapsed();
@@ -574,7 +584,15 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
     push.sort_unstable();
     let secs = measured.as_secs_f64();
     let peak_load = timeline.iter().map(|s| s.load1).fold(end.load1, f64::max);
-    println!("\n== load and soak: {CLIENTS} engines, one latchkey-server (pid {pid})");
+    match server.postgres_url() {
+        None => {
+            println!("\n== load and soak: {CLIENTS} engines, one latchkey-server (pid {pids:?})")
+        }
+        Some(_) => println!(
+            "\n== load and soak: {CLIENTS} engines, through nginx to {} latchkey-server instances on PostgreSQL (pids {pids:?}; server figures are their sums)",
+            pids.len()
+        ),
+    }
     println!(
         "warm-up: {} users via the CLI in {:.1}s, {CLIENTS} sign-ins ({SIGN_IN_AT_ONCE} at once) in {:.1}s",
         users.len(),
@@ -632,7 +650,7 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
         "load average (1 min): start {:.2}, end {:.2}, highest sampled {peak_load:.2}",
         start.load1, end.load1
     );
-    println!("timeline (s, RSS, fds, SQLite connections, load1):");
+    println!("timeline (s, RSS, fds, SQLite connections (none on PostgreSQL), load1):");
     for s in std::iter::once(&start).chain(&timeline).chain([&end]) {
         println!(
             "  {:>6.0}  {:>10}  {:>5}  {:>3}  {:>5.2}",
@@ -643,13 +661,22 @@ async fn two_hundred_clients_lose_nothing_and_fail_no_request() {
             s.load1
         );
     }
-    let db_size =
-        |name: &str| std::fs::metadata(server.dir.path().join(name)).map_or(0, |m| m.len());
-    println!(
-        "database at the end: {} + WAL {}",
-        mib(db_size("server.db") / 1024),
-        mib(db_size("server.db-wal") / 1024)
-    );
+    match server.postgres_url() {
+        None => {
+            let db_size =
+                |name: &str| std::fs::metadata(server.dir.path().join(name)).map_or(0, |m| m.len());
+            println!(
+                "database at the end: {} + WAL {}",
+                mib(db_size("server.db") / 1024),
+                mib(db_size("server.db-wal") / 1024)
+            );
+        }
+        Some(url) => {
+            let size = PgCluster::shared().psql(url, "SELECT pg_database_size(current_database())");
+            let size: u64 = size.trim().parse().unwrap_or(0);
+            println!("database at the end (PostgreSQL): {}", mib(size / 1024));
+        }
+    }
     println!(
         "drain and checks {:.1}s; total wall time {:.1}s",
         drain_took.as_secs_f64(),

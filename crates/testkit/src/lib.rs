@@ -3,7 +3,7 @@
 //!
 //! | module | what it is for |
 //! |---|---|
-//! | [`server`] | the `latchkey-server` binary: built once ([`server_bin`]), its CLI ([`run_cli`]), and [`TestServer`], restartable on its own port and database |
+//! | [`server`] | the `latchkey-server` binary: built once ([`server_bin`]), its CLI ([`run_cli`]), and [`TestServer`], restartable on its own port and database: one process on SQLite, or `LATCHKEY_TEST_SERVERS=N` instances on PostgreSQL behind nginx ([`in_cluster`], [`skip_in_cluster`]) |
 //! | [`spawn`] | any server process, waited for until it logs `listening on <URL>` ([`Spawn`], [`ServerProcess`]) |
 //! | [`fault`] | what can go wrong with one request ([`Fault`]), and a seeded generator |
 //! | [`proxy`] | a fault-injecting TCP proxy between an engine and the server |
@@ -58,7 +58,9 @@ pub use postgres::{PgCluster, TestDb, on_postgres, skip_on_postgres};
 pub use resp::{
     Resp, assert_change_shape, assert_error, assert_keys, assert_reason, assert_token_response,
 };
-pub use server::{TestServer, add_user, run_cli, server_bin};
+pub use server::{
+    TestServer, add_user, in_cluster, run_cli, server_bin, skip_in_cluster, test_servers,
+};
 pub use session::{DesktopSession, Keyring};
 pub use spawn::{ServerProcess, Spawn, signal_pid};
 pub use test_http::{TestHttp, path_of};

@@ -114,7 +114,19 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGQUIT would wait for open streams: stop at once.
+        // SIGTERM, nginx's fast shutdown: the master tells its workers,
+        // they close every connection at once (SIGQUIT would wait for open
+        // streams), and the master exits after them. SIGKILL would leave
+        // the workers running, still listening on the port, answering 502
+        // for upstreams that are gone, and keeping a new nginx from it.
+        crate::spawn::signal_pid(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

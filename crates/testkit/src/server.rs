@@ -1,7 +1,9 @@
 //! The `latchkey-server` binary as the tests and benches run it: built once
 //! per test binary ([`server_bin`]), its command line run to completion
 //! ([`run_cli`], [`add_user`]), and [`TestServer`], a server on a port and
-//! database of its own that can be stopped, killed and restarted in place.
+//! database of its own that can be stopped, killed and restarted in place:
+//! one process on SQLite, or, with `LATCHKEY_TEST_SERVERS=N`
+//! ([`TEST_SERVERS_ENV`]), N instances on PostgreSQL behind nginx.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
+use crate::nginx::Nginx;
+use crate::postgres::PgCluster;
 use crate::spawn::{ServerProcess, Spawn};
 
 /// Names a server binary to use instead of building one.
@@ -167,78 +171,212 @@ pub fn add_user(bin: &Path, db: &Path, name: &str, password: &str) {
     );
 }
 
-/// A real server process on a port and database of its own; the port
-/// stays the same across [`TestServer::restart`]. Killed when dropped.
+/// Names how many server instances a [`TestServer`] is: unset (or `1`),
+/// one process on a SQLite file; `N` (2 or more), N instances on one
+/// PostgreSQL database of the kit's private cluster, behind nginx running
+/// the shipped config (round robin), each with `--issuer` set to nginx's
+/// URL and `--trusted-proxy 127.0.0.1` (DESIGN.md "Growing past one
+/// machine"). `LATCHKEY_TEST_SERVERS=3 cargo test -p latchkey-client
+/// --test engine` runs the engine's tests through such a cluster.
+pub const TEST_SERVERS_ENV: &str = "LATCHKEY_TEST_SERVERS";
+
+/// How many instances this run's [`TestServer`]s are (see
+/// [`TEST_SERVERS_ENV`]).
+///
+/// # Panics
+/// On a value that is not a positive number.
+pub fn test_servers() -> usize {
+    match std::env::var(TEST_SERVERS_ENV).as_deref() {
+        Err(_) | Ok("") => 1,
+        Ok(n) => match n.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("{TEST_SERVERS_ENV}={n:?}: say a number of instances, 1 or more"),
+        },
+    }
+}
+
+/// Whether this run's [`TestServer`]s are several instances behind nginx.
+pub fn in_cluster() -> bool {
+    test_servers() > 1
+}
+
+/// True, saying why, if this run's [`TestServer`]s are several instances
+/// behind nginx: for a test that only makes sense with one server process
+/// on a SQLite file (its pid, its memory, the file itself) to return early.
+pub fn skip_in_cluster(why: &str) -> bool {
+    let skip = in_cluster();
+    if skip {
+        println!("skipped with {TEST_SERVERS_ENV}={}: {why}", test_servers());
+    }
+    skip
+}
+
+/// Several instances on one PostgreSQL database, and nginx in front.
+struct Cluster {
+    /// The database, as `--db` takes it.
+    db: String,
+    instances: usize,
+    nginx: Option<Nginx>,
+}
+
+/// A real server on a port and database of its own; the port stays the
+/// same across [`TestServer::restart`]. Killed when dropped.
+///
+/// By default one process on a SQLite file. With [`TEST_SERVERS_ENV`] set
+/// to 2 or more, that many instances on one PostgreSQL database, with nginx
+/// listening on [`TestServer::port`]: [`TestServer::url`] is nginx's, and
+/// [`TestServer::stop`], [`TestServer::kill`] and [`TestServer::restart`]
+/// act on nginx and every instance (a stopped server refuses connections,
+/// as one process does, rather than nginx answering 502).
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
     /// The extra `serve` flags it starts with.
     pub extra: Vec<String>,
-    process: Option<ServerProcess>,
+    processes: Vec<ServerProcess>,
+    cluster: Option<Cluster>,
 }
 
 impl TestServer {
-    /// Starts `serve` with `extra` flags on a free port and a new database.
+    /// Starts `serve` with `extra` flags on a free port and a new database
+    /// (several instances and nginx with [`TEST_SERVERS_ENV`]).
     pub fn start(extra: &[&str]) -> Self {
+        let instances = test_servers();
+        let cluster = (instances > 1).then(|| Cluster {
+            db: PgCluster::shared().database(),
+            instances,
+            nginx: None,
+        });
         let mut s = TestServer {
             dir: tempfile::tempdir().expect("a temporary directory"),
             port: crate::free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            process: None,
+            processes: Vec::new(),
+            cluster,
         };
         s.restart();
         s
     }
 
+    /// The SQLite file of a one-process server. With several instances
+    /// there is none (the store is PostgreSQL, see [`TestServer::db_arg`]):
+    /// a test reading the file skips with [`skip_in_cluster`].
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("server.db")
+    }
+
+    /// The database as `--db` takes it: the SQLite file, or the
+    /// PostgreSQL URL of a cluster.
+    pub fn db_arg(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.db.clone(),
+            None => self.db().to_str().expect("a UTF-8 path").to_owned(),
+        }
+    }
+
+    /// The PostgreSQL URL, when several instances share a database.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|c| c.db.as_str())
+    }
+
+    /// How many server processes this is.
+    pub fn instances(&self) -> usize {
+        self.cluster.as_ref().map_or(1, |c| c.instances)
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the process (again) and waits until it listens.
+    /// Starts the process(es) (again) and waits until they listen (and
+    /// nginx, in front of several).
     pub fn restart(&mut self) {
-        assert!(self.process.is_none(), "already running");
-        let process = Spawn::serve(self.db())
-            .addr(format!("127.0.0.1:{}", self.port))
-            .args(&self.extra)
-            // The start-up line stays, the per-request lines go: nothing
-            // reads them, and the server does as little as it can.
-            .env("LATCHKEY_LOG", "warn,latchkey_server::server=info")
-            .start();
-        self.process = Some(process);
+        assert!(self.processes.is_empty(), "already running");
+        let log = "warn,latchkey_server::server=info";
+        let Some(cluster) = &mut self.cluster else {
+            let process = Spawn::serve(self.db())
+                .addr(format!("127.0.0.1:{}", self.port))
+                .args(&self.extra)
+                // The start-up line stays, the per-request lines go:
+                // nothing reads them, and the server does as little as it
+                // can.
+                .env("LATCHKEY_LOG", log)
+                .start();
+            self.processes.push(process);
+            return;
+        };
+        let issuer = format!("http://127.0.0.1:{}", self.port);
+        // Started one after another: the first runs the migrations, the
+        // others find them done.
+        for _ in 0..cluster.instances {
+            let process = Spawn::serve(&cluster.db)
+                .args(["--issuer", &issuer, "--trusted-proxy", "127.0.0.1"])
+                .args(&self.extra)
+                .env("LATCHKEY_LOG", log)
+                .start();
+            self.processes.push(process);
+        }
+        let ports: Vec<u16> = self.processes.iter().map(ServerProcess::port).collect();
+        cluster.nginx = Some(Nginx::start(self.port, &ports));
     }
 
+    /// The one server process's pid.
+    ///
+    /// # Panics
+    /// If not running, or several instances run (see [`TestServer::pids`]).
     pub fn pid(&self) -> u32 {
-        self.process.as_ref().expect("running").pid()
+        assert!(
+            self.cluster.is_none(),
+            "pid() of {} instances: use pids(), or skip_in_cluster",
+            self.instances()
+        );
+        self.processes.first().expect("running").pid()
     }
 
-    /// SIGTERM, and wait.
+    /// Every server process's pid (nginx's not among them).
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(ServerProcess::pid).collect()
+    }
+
+    /// SIGTERM, and wait (nginx first: nothing is let in meanwhile).
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.process.take() {
+        self.stop_nginx();
+        for mut p in self.processes.drain(..) {
             p.terminate();
         }
     }
 
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
+        self.stop_nginx();
+        for mut p in self.processes.drain(..) {
             p.kill();
         }
     }
 
+    fn stop_nginx(&mut self) {
+        if let Some(c) = &mut self.cluster {
+            c.nginx = None;
+        }
+    }
+
+    /// What nginx logged (warnings and errors), in front of several
+    /// instances.
+    pub fn nginx_log(&self) -> Option<String> {
+        let nginx = self.cluster.as_ref()?.nginx.as_ref()?;
+        Some(nginx.log())
+    }
+
     /// Runs a subcommand on this server's database.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let db = self.db();
+        let db = self.db_arg();
         let mut all = args.to_vec();
-        all.extend(["--db", db.to_str().expect("a UTF-8 path")]);
+        all.extend(["--db", &db]);
         run_cli(&server_bin(), &all, stdin, &[])
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
-        add_user(&server_bin(), &self.db(), name, password);
+        add_user(&server_bin(), Path::new(&self.db_arg()), name, password);
     }
 
     /// Revokes every session of `name` with the CLI.
@@ -249,5 +387,12 @@ impl TestServer {
             "session revoke: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+impl Drop for TestServer {
+    /// nginx first, so that nothing reaches an instance being killed.
+    fn drop(&mut self) {
+        self.stop_nginx();
     }
 }
