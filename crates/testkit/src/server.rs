@@ -320,6 +320,15 @@ impl TestServer {
         cluster.nginx = Some(Nginx::start(self.port, &ports));
     }
 
+    /// Where each server process listens: [`TestServer::url`] for one
+    /// process, each instance's own URL (not nginx's) for several.
+    pub fn instance_urls(&self) -> Vec<String> {
+        match &self.cluster {
+            None => vec![self.url()],
+            Some(_) => self.processes.iter().map(|p| p.url().to_owned()).collect(),
+        }
+    }
+
     /// The one server process's pid.
     ///
     /// # Panics
