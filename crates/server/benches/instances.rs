@@ -19,7 +19,8 @@
 //!
 //! `cargo bench -p latchkey-server --bench instances [-- OPTIONS]`:
 //! `--only push|scale`, `--rounds N` (default 3), `--secs N` (default 10),
-//! `--connections N` (default 64). `cargo test --benches` builds this and
+//! `--connections N` (default 64), `--no-fsync` (PostgreSQL without
+//! `fsync`, as the tests run it). `cargo test --benches` builds this and
 //! runs nothing.
 
 #[allow(dead_code)] // each bench uses part of it
@@ -67,6 +68,7 @@ struct Options {
     rounds: usize,
     secs: u64,
     connections: usize,
+    no_fsync: bool,
 }
 
 impl Options {
@@ -77,6 +79,7 @@ impl Options {
             rounds: 3,
             secs: 10,
             connections: 64,
+            no_fsync: false,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -90,6 +93,7 @@ impl Options {
                 "--rounds" => o.rounds = value()?.parse().context("--rounds")?,
                 "--secs" => o.secs = value()?.parse().context("--secs")?,
                 "--connections" => o.connections = value()?.parse().context("--connections")?,
+                "--no-fsync" => o.no_fsync = true,
                 _ => {}
             }
         }
@@ -113,7 +117,13 @@ fn run(opts: Options) -> anyhow::Result<()> {
         .prefix("latchkey-bench-")
         .tempdir_in(target_dir())
         .context("making a temporary directory")?;
-    let pg = PgCluster::start_durable();
+    // `--no-fsync`: PostgreSQL as the tests run it, to tell the disk's
+    // share of the time from the rest.
+    let pg = if opts.no_fsync {
+        PgCluster::start()
+    } else {
+        PgCluster::start_durable()
+    };
     println!("server binary: {SERVER_BIN}");
     println!(
         "machine: {} cores, load average before: {}",
