@@ -118,6 +118,9 @@ pub struct PgCluster {
     /// Server options past the kit's own (TLS, see
     /// [`PgCluster::start_tls`]).
     options: Vec<String>,
+    /// Whether commits reach the disk, as in production
+    /// ([`PgCluster::start_durable`]).
+    durable: bool,
     server: Mutex<Option<std::process::Child>>,
     databases: AtomicU32,
 }
@@ -156,6 +159,19 @@ impl PgCluster {
     /// If PostgreSQL is not installed or does not start.
     pub fn start() -> Self {
         let cluster = Self::init();
+        cluster.start_server();
+        cluster
+    }
+
+    /// A new cluster of its own whose commits reach the disk before they
+    /// are answered (`fsync` and `synchronous_commit` on, as PostgreSQL
+    /// ships): for benchmarks beside SQLite's `synchronous=FULL`.
+    ///
+    /// # Panics
+    /// If PostgreSQL is not installed or does not start.
+    pub fn start_durable() -> Self {
+        let mut cluster = Self::init();
+        cluster.durable = true;
         cluster.start_server();
         cluster
     }
@@ -209,6 +225,7 @@ impl PgCluster {
             bin,
             run_as,
             options: Vec::new(),
+            durable: false,
             server: Mutex::new(None),
             databases: AtomicU32::new(0),
         };
@@ -256,9 +273,12 @@ impl PgCluster {
             .arg(&self.dir)
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses="])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
-            .args(["-c", "log_min_error_statement=error"])
+            .args(["-c", "max_connections=300"]);
+        if !self.durable {
+            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
+        cmd.args(["-c", "log_min_error_statement=error"])
             .args(&self.options)
             .stdout(Stdio::null())
             .stderr(log);
