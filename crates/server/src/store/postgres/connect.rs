@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -22,6 +24,18 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// How long a request waits for a free connection, a new one, or the check
 /// of a pooled one, before it is answered 503.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// Run on every new connection: unless the operator set a limit already
+/// (in `postgresql.conf`, for the role or the database, or with the URL's
+/// `options`), PostgreSQL ends a transaction of ours that sits idle for
+/// 10 s. This server never leaves one idle (its statements follow each
+/// other at once, and a call gives up after 5 s without an answer), so only
+/// a transaction whose connection vanished is idle that long. Without the
+/// limit it would hold its locks (a user's row, so every push of theirs, or
+/// a refresh token's) until PostgreSQL's own TCP keepalive noticed the
+/// connection gone: two hours by default.
+const SESSION_SETUP: &str = "SELECT set_config('idle_in_transaction_session_timeout', '10s', false) \
+     WHERE current_setting('idle_in_transaction_session_timeout') = '0'";
 
 /// The options this server reads from the URL itself: tokio-postgres
 /// knows neither (the second is libpq's: a PEM file of CA certificates to
@@ -61,6 +75,18 @@ pub(super) fn pool(url: &str) -> Result<Pool, BadUrl> {
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(POOL_WAIT))
         .recycle_timeout(Some(POOL_WAIT))
+        .post_create(Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                match tokio::time::timeout(POOL_WAIT, client.simple_query(SESSION_SETUP)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(HookError::Backend(e)),
+                    Err(_) => Err(HookError::message(format!(
+                        "no answer from the database within {} s",
+                        POOL_WAIT.as_secs()
+                    ))),
+                }
+            })
+        }))
         .build()
         .map_err(|e| BadUrl(format!("cannot make the connection pool: {e}")))
 }
@@ -235,6 +261,11 @@ impl From<PoolError> for StoreError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::Backend(e) => StoreError::Unavailable(describe(&e)),
+            // The session's setup query: as any other query's failure.
+            PoolError::PostCreateHook(HookError::Backend(e)) => StoreError::from(e),
+            PoolError::PostCreateHook(HookError::Message(why)) => {
+                StoreError::Unavailable(why.into_owned())
+            }
             PoolError::Timeout(_) => StoreError::Unavailable(format!(
                 "no connection to the database within {} s",
                 POOL_WAIT.as_secs()
