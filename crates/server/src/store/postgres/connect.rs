@@ -25,17 +25,26 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// of a pooled one, before it is answered 503.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
-/// Run on every new connection: unless the operator set a limit already
-/// (in `postgresql.conf`, for the role or the database, or with the URL's
-/// `options`), PostgreSQL ends a transaction of ours that sits idle for
-/// 10 s. This server never leaves one idle (its statements follow each
-/// other at once, and a call gives up after 5 s without an answer), so only
-/// a transaction whose connection vanished is idle that long. Without the
-/// limit it would hold its locks (a user's row, so every push of theirs, or
-/// a refresh token's) until PostgreSQL's own TCP keepalive noticed the
-/// connection gone: two hours by default.
-const SESSION_SETUP: &str = "SELECT set_config('idle_in_transaction_session_timeout', '10s', false) \
-     WHERE current_setting('idle_in_transaction_session_timeout') = '0'";
+/// Run on every new connection: two limits, each unless the operator set
+/// one already (in `postgresql.conf`, for the role or the database, or with
+/// the URL's `options`).
+/// * PostgreSQL ends a transaction of ours that sits idle for 10 s. This
+///   server never leaves one idle (its statements follow each other at
+///   once), so only a transaction whose connection vanished is idle that
+///   long. Without the limit it would keep its locks (a user's row, so
+///   every push of theirs, or a refresh token's) until PostgreSQL's own TCP
+///   keepalive noticed the connection gone: two hours by default.
+/// * A statement waits at most 4 s for a lock, then fails (a 503, retried
+///   by the client), as a call gives up after 5 s anyway. So a vanished
+///   transaction that was waiting for a lock gives up before the one
+///   holding it is ended, instead of taking the lock and keeping it
+///   another 10 s in its turn: however many vanished together, the locks
+///   they held are free within 10 s.
+const SESSION_SETUP: &str = "\
+    SELECT set_config('idle_in_transaction_session_timeout', '10s', false) \
+     WHERE current_setting('idle_in_transaction_session_timeout') = '0'; \
+    SELECT set_config('lock_timeout', '4s', false) \
+     WHERE current_setting('lock_timeout') = '0'";
 
 /// The options this server reads from the URL itself: tokio-postgres
 /// knows neither (the second is libpq's: a PEM file of CA certificates to
@@ -219,7 +228,8 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// Whether `e` says the database cannot be reached now (down, restarting,
-/// failing over, refusing connections) rather than that a query was wrong.
+/// failing over, refusing connections, too busy to answer in time) rather
+/// than that a query was wrong.
 fn unreachable(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -228,9 +238,15 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
         // Class 08: connection exceptions. 57P01-03: shut down or starting
         // up. 53300: too many connections. 25006: a read-only transaction,
         // which is a standby, as right after a failover.
+        // 55P03: a lock not free within `lock_timeout` (see SESSION_SETUP),
+        // and 57014: a statement cancelled (an operator's
+        // `statement_timeout`): the database is too busy now.
         let code = code.code();
         return code.starts_with("08")
-            || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006");
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "53300" | "25006" | "55P03" | "57014"
+            );
     }
     // Not an answer from the server: the socket or TLS failed.
     std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>())

@@ -59,7 +59,7 @@ const RACE_RETRIES: u32 = 4;
 /// transaction on a pooled connection, and commits it; runs it again from
 /// the start when it lost a race to another transaction. The database's
 /// answers are awaited at most [`ANSWER_WAIT`] (or the `within` given) in
-/// all, see [`answered`]. (A macro, not a function taking a closure: the
+/// all, see [`PgStore::answered`]. (A macro, not a function taking a closure: the
 /// work borrows the transaction, and a closure returning a future that
 /// borrows its argument cannot be written so that the future stays
 /// `Send`.)
@@ -72,6 +72,7 @@ macro_rules! in_transaction {
         loop {
             let outcome = async {
                 let mut client = $store.client().await?;
+                let since = std::time::Instant::now();
                 let done = tokio::time::timeout($wait, async {
                     let $tx = client.transaction().await?;
                     let out = $work;
@@ -79,7 +80,7 @@ macro_rules! in_transaction {
                     Ok::<_, StoreError>(out)
                 })
                 .await;
-                answered(done, client, $wait)
+                $store.answered(done, client, since, $wait)
             }
             .await;
             match outcome {
@@ -95,19 +96,20 @@ macro_rules! in_transaction {
 
 /// Runs `$work`, an expression using `$c`, a pooled connection, awaiting
 /// the database's answers at most [`ANSWER_WAIT`] in all (see
-/// [`answered`]).
+/// [`PgStore::answered`]).
 macro_rules! on_connection {
     ($store:expr, |$c:ident| $work:expr) => {
         on_connection!($store, within ANSWER_WAIT, |$c| $work)
     };
     ($store:expr, within $wait:expr, |$c:ident| $work:expr) => {{
         let client = $store.client().await?;
+        let since = std::time::Instant::now();
         let done = tokio::time::timeout($wait, async {
             let $c = &client;
             $work
         })
         .await;
-        answered(done, client, $wait)
+        $store.answered(done, client, since, $wait)
     }};
 }
 
@@ -124,33 +126,6 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// deletion of a user (every note and version of theirs, in one
 /// transaction) and the pruning of old sign-in attempts.
 const LONG_WAIT: Duration = Duration::from_secs(600);
-
-/// The outcome of a call on `client` that waited at most `wait`: its own,
-/// or, when the database did not answer in time, unavailable, and the
-/// connection is closed instead of going back to the pool (its peer may be
-/// gone; whatever it was doing on the server is rolled back when the
-/// server sees it closed, or ended there after 10 s idle: see
-/// `connect.rs`). A write given up on during its commit may have committed
-/// all the same: the client retries it, and every write is safe to retry
-/// (op ids, the refresh token's retry rule).
-fn answered<T>(
-    done: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
-    client: Client,
-    wait: Duration,
-) -> Result<T> {
-    match done {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // Out of the pool, and dropped: its connection task ends and
-            // the socket is closed.
-            drop(deadpool_postgres::Object::take(client));
-            Err(StoreError::Unavailable(format!(
-                "no answer from the database within {} s",
-                wait.as_secs()
-            )))
-        }
-    }
-}
 
 /// A short random wait before running a transaction again, longer after
 /// each loss, so that the two losers of a deadlock do not meet again.
@@ -193,6 +168,41 @@ impl PgStore {
             Ok(()) => Ok(Self { pool }),
             Err(e @ StoreError::TooNew { .. }) => Err(e),
             Err(e) => Err(open_err(Box::new(e))),
+        }
+    }
+
+    /// The outcome of a call on `client` that began waiting for the
+    /// database's answers at `since`, at most `wait`: its own, or, when the
+    /// database did not answer in time, unavailable. Then the connection is
+    /// closed instead of going back to the pool (its peer may be gone;
+    /// whatever it was doing on the server is rolled back when the server
+    /// sees it closed, or ended there after 10 s idle: see `connect.rs`),
+    /// and so are the pooled connections nobody used since `since`: they
+    /// may be as dead (after a failover, all are), and each would cost the
+    /// next call given it another wait. A write given up on during its
+    /// commit may have committed all the same: the client retries it, and
+    /// every write is safe to retry (op ids, the refresh token's retry
+    /// rule).
+    fn answered<T>(
+        &self,
+        done: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+        client: Client,
+        since: std::time::Instant,
+        wait: Duration,
+    ) -> Result<T> {
+        match done {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // Out of the pool, and dropped: their connection tasks end
+                // and their sockets are closed.
+                drop(deadpool_postgres::Object::take(client));
+                self.pool
+                    .retain(|_, used| used.recycled.unwrap_or(used.created) > since);
+                Err(StoreError::Unavailable(format!(
+                    "no answer from the database within {} s",
+                    wait.as_secs()
+                )))
+            }
         }
     }
 
@@ -706,7 +716,7 @@ mod tests {
     /// as the kernel keeps the socket; when the network comes back with the
     /// connections open at the cut gone for good (as after a failover), the
     /// same store serves again: the stuck connection was closed, not
-    /// pooled again.
+    /// pooled again, and so were those idle since before it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_that_stops_answering_is_given_up_then_recovered() {
         if !PgCluster::available() {
@@ -721,9 +731,17 @@ mod tests {
             .unwrap();
         let user = store.create_user("ann", "hash", 1).await.unwrap();
         store.push(&user.id, vec![new_note()], 2).await.unwrap();
+        // Three connections in the pool.
+        let held = [
+            store.client().await.unwrap(),
+            store.client().await.unwrap(),
+            store.client().await.unwrap(),
+        ];
+        drop(held);
+        assert_eq!(store.pool.status().size, 3);
 
         link.cut(NewConnections::Unanswered);
-        // On the pooled connection: no answer.
+        // On a pooled connection: no answer.
         let started = Instant::now();
         let down = store.latest_rev(&user.id).await;
         let took = started.elapsed();
@@ -735,7 +753,9 @@ mod tests {
             took >= ANSWER_WAIT && took < ANSWER_WAIT + Duration::from_secs(3),
             "{took:?}"
         );
-        // That connection was closed; a new one is never answered either.
+        // That connection was closed, and so were the two others, idle as
+        // long: a new one is never answered either.
+        assert_eq!(store.pool.status().size, 0);
         let started = Instant::now();
         let down = store.push(&user.id, vec![new_note()], 3).await;
         assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
@@ -752,7 +772,10 @@ mod tests {
     /// user's row) does not keep its locks until PostgreSQL's keepalive
     /// notices, hours later: every connection of the store asks it to end
     /// a transaction idle for 10 s, and the user's next push goes through.
-    /// A limit the operator set is kept.
+    /// One that vanished while waiting for that row gives up after 4 s
+    /// rather than taking it in turn. Meanwhile a push waits 4 s for the
+    /// lock and is unavailable (a 503), never a server error. Limits the
+    /// operator set are kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_whose_connection_vanished_releases_its_locks() {
         if !PgCluster::available() {
@@ -768,40 +791,98 @@ mod tests {
         let store = PgStore::open(&cluster.url(&name)).await.unwrap();
         let user = store.create_user("ann", "hash", 1).await.unwrap();
 
+        let lock_row = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE";
         let mut client = cut_off.client().await.unwrap();
         let tx = client.transaction().await.unwrap();
-        tx.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user.id])
-            .await
-            .unwrap();
-        // The connection is lost with the row locked (its rollback never
-        // arrives).
+        tx.execute(lock_row, &[&user.id]).await.unwrap();
+        // A second transaction waits for the row, as the next push would.
+        let waiter = {
+            let mut client = cut_off.client().await.unwrap();
+            let user_id = user.id.clone();
+            tokio::spawn(async move {
+                let tx = client.transaction().await.unwrap();
+                let _ = tx.execute(lock_row, &[&user_id]).await;
+            })
+        };
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' \
+             AND wait_event_type = 'Lock'"
+        );
+        let seen = latchkey_testkit::poll_until(Duration::from_secs(10), || async {
+            (cluster.psql("postgres", &waiting).trim() == "1").then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "the second transaction never waited");
+        // Both connections are lost, the row locked by one and waited for
+        // by the other (the rollbacks never arrive).
         link.cut(NewConnections::Refused);
         link.lose_open_connections();
         drop(tx);
         drop(client);
         link.heal();
 
+        let failures = std::sync::Mutex::new(Vec::new());
         let pushed = latchkey_testkit::poll_until(Duration::from_secs(40), || async {
-            store.push(&user.id, vec![new_note()], 2).await.ok()
+            let started = Instant::now();
+            match store.push(&user.id, vec![new_note()], 2).await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    failures.lock().unwrap().push((e, started.elapsed()));
+                    None
+                }
+            }
         })
         .await;
         let (_, took) = pushed.expect("the row stays locked");
-        assert!(took < Duration::from_secs(20), "{took:?}");
+        // Ended 10 s after it went idle; the waiter gave up after 4 s
+        // instead of taking the row for another 10 s in its turn.
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        waiter.abort();
+        let failures = failures.into_inner().unwrap();
+        assert!(!failures.is_empty(), "the row was never locked");
+        for (e, waited) in failures {
+            // The lock not free within 4 s (or, after waits for two locks,
+            // no answer within 5 s).
+            assert!(matches!(&e, StoreError::Unavailable(_)), "{e:?}");
+            assert!(waited < Duration::from_secs(6), "{waited:?}");
+        }
 
-        let setting = |store: PgStore| async move {
+        // A lock held by a live transaction: a push waits 4 s for it, and
+        // is unavailable (the client retries), not a server error.
+        let mut client = store.client().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.execute(lock_row, &[&user.id]).await.unwrap();
+        let started = Instant::now();
+        let busy = store.push(&user.id, vec![new_note()], 3).await;
+        assert!(
+            matches!(&busy, Err(StoreError::Unavailable(why)) if why.contains("55P03")),
+            "{busy:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tx.rollback().await.unwrap();
+        drop(client);
+
+        let settings = |store: PgStore| async move {
             let client = store.client().await.unwrap();
-            let row = client
-                .query_one("SHOW idle_in_transaction_session_timeout", &[])
-                .await
-                .unwrap();
-            row.get::<_, String>(0)
+            let mut values = Vec::new();
+            for name in ["idle_in_transaction_session_timeout", "lock_timeout"] {
+                let row = client
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .unwrap();
+                values.push(row.get::<_, String>(0));
+            }
+            values
         };
-        assert_eq!(setting(store).await, "10s");
+        assert_eq!(settings(store).await, ["10s", "4s"]);
         cluster.psql(
             "postgres",
-            &format!("ALTER DATABASE {name} SET idle_in_transaction_session_timeout = '1min'"),
+            &format!(
+                "ALTER DATABASE {name} SET idle_in_transaction_session_timeout = '1min'; \
+                 ALTER DATABASE {name} SET lock_timeout = '2s'"
+            ),
         );
         let store = PgStore::open(&cluster.url(&name)).await.unwrap();
-        assert_eq!(setting(store).await, "1min");
+        assert_eq!(settings(store).await, ["1min", "2s"]);
     }
 }
