@@ -2,7 +2,9 @@
 # Runs every test of the workspace: unit, handler (Router + oneshot) and
 # process tests (the real server binary on 127.0.0.1, a free port), then the
 # server's handler and process suites again on PostgreSQL (a private
-# cluster the tests start themselves).
+# cluster the tests start themselves). The PostgreSQL fault tests
+# (crates/server/tests/pg_faults.rs) start clusters of their own whatever
+# the store, so they run once, in the first pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -147,6 +147,20 @@ impl Fleet {
         self.servers[i] = Some(server);
     }
 
+    /// Polls until instance `i` has taken a request of the load through
+    /// nginx (a POST: the test's own checks are GETs), which gives an
+    /// instance it saw fail another chance only after `fail_timeout`; how
+    /// long that took.
+    async fn rejoined(&self, i: usize, limit: Duration) -> Duration {
+        let server = self.servers[i].as_ref().expect("a running instance");
+        let seen = poll_every(Duration::from_millis(50), limit, || async {
+            server.stderr().contains("method=POST").then_some(())
+        })
+        .await;
+        let (_, took) = seen.unwrap_or_else(|| panic!("nginx sent nothing to instance {i} again"));
+        took
+    }
+
     /// What the instances logged at warning level and above, for a
     /// failure's message.
     fn warnings(&self) -> String {
@@ -662,6 +676,27 @@ impl Outcomes {
             .count()
     }
 
+    /// The longest the instances went on answering 503 after a fault
+    /// ended: from its end to the last 503 of a request sent after it (and
+    /// answered before the next fault began).
+    fn unavailable_after(&self, windows: &[(Instant, Instant)]) -> Duration {
+        let mut longest = Duration::ZERO;
+        for (i, (_, end)) in windows.iter().enumerate() {
+            let next = windows.get(i + 1).map(|(start, _)| *start);
+            for r in &self.records {
+                if matches!(
+                    r.outcome,
+                    Outcome::Answered(StatusCode::SERVICE_UNAVAILABLE, _)
+                ) && r.sent > *end
+                    && next.is_none_or(|n| r.sent + r.took < n)
+                {
+                    longest = longest.max(r.sent + r.took - *end);
+                }
+            }
+        }
+        longest
+    }
+
     fn slowest(&self) -> Duration {
         self.records
             .iter()
@@ -688,7 +723,7 @@ impl Outcomes {
             "pg_faults summary: fault={fault} rounds={} requests={} ok={} ok_after_fault={} \
              503={} 503_during_fault={} 503_without_retry_after={} 500={} 502_504={} \
              no_answer={} timed_out={} slowest_ms={} ops_acknowledged={} notes={} refreshes={} \
-             lost={} duplicated={} wrong_sign_outs={} recovery_ms={:?}",
+             lost={} duplicated={} wrong_sign_outs={} recovery_ms={:?} 503_after_fault_until_ms={}",
             windows.len(),
             self.records.len(),
             self.answered(any, |s| s.is_success()),
@@ -715,6 +750,7 @@ impl Outcomes {
             self.duplicated.len(),
             self.wrong_sign_outs.len(),
             recoveries.iter().map(ms).collect::<Vec<_>>(),
+            self.unavailable_after(windows).as_millis(),
         );
         let unexpected: Vec<String> = self
             .records
@@ -835,7 +871,9 @@ async fn postgres_restarted_under_load_loses_nothing() {
 /// One of three instances SIGKILLed while writers push and refreshers
 /// rotate through nginx: the clients go on through the other two (a
 /// request that was in flight gets 502 or no answer and is sent again,
-/// the same), and nothing is lost, applied twice, or signed out.
+/// the same), and nothing is lost, applied twice, or signed out. With
+/// more rounds, the instance killed is started again, and takes requests
+/// through nginx again, before the next is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_instance_killed_under_load_loses_nothing() {
     if pg_missing() {
@@ -857,12 +895,15 @@ async fn an_instance_killed_under_load_loses_nothing() {
             .await;
         windows.push((killed_at, Instant::now()));
         if round + 1 < rounds {
+            // Back, and taking requests through nginx again before the
+            // next kill.
+            let restarted_at = Instant::now();
             fleet.restart(victim);
-            recoveries.push(
-                fleet
-                    .all_serving(&probe.http, &access, Duration::from_secs(30))
-                    .await,
-            );
+            fleet
+                .all_serving(&probe.http, &access, Duration::from_secs(30))
+                .await;
+            fleet.rejoined(victim, Duration::from_secs(30)).await;
+            recoveries.push(restarted_at.elapsed());
         }
     }
     let out = load.finish(&fleet).await;
