@@ -866,6 +866,11 @@ async fn postgres_restarted_under_load_loses_nothing() {
     for r in &recoveries {
         assert!(*r < Duration::from_secs(10), "recovery took {r:?}");
     }
+    let after = out.unavailable_after(&windows);
+    assert!(
+        after < Duration::from_secs(10),
+        "503s went on {after:?} after"
+    );
 }
 
 /// One of three instances SIGKILLed while writers push and refreshers
@@ -964,6 +969,13 @@ async fn the_network_to_postgres_cut_for_10_s_loses_nothing() {
     for r in &recoveries {
         assert!(*r < Duration::from_secs(20), "recovery took {r:?}");
     }
+    // Even for a user whose row a vanished push held: PostgreSQL ends it
+    // 10 s after it went idle, at most, whatever waited behind it.
+    let after = out.unavailable_after(&windows);
+    assert!(
+        after < Duration::from_secs(15),
+        "503s went on {after:?} after"
+    );
 }
 
 /// A device ahead of a database restored from an older `pg_dump`: its
