@@ -3,13 +3,13 @@
 # that run inside scripts/test.sh, scaled up by LATCHKEY_LONG=1, plus the
 # fuzzers. Figures go to RELIABILITY.md. Usage:
 #   bash scripts/reliability.sh            # everything (several hours)
-#   bash scripts/reliability.sh PART...    # some of: faults crashes convergence load fuzz local
+#   bash scripts/reliability.sh PART...    # some of: faults crashes convergence load fuzz local pg
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export LATCHKEY_LONG=1
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(faults crashes convergence load fuzz local)
+[ ${#parts[@]} -eq 0 ] && parts=(faults crashes convergence load fuzz local pg)
 for part in "${parts[@]}"; do
     echo "== $part"
     case "$part" in
@@ -32,6 +32,11 @@ for part in "${parts[@]}"; do
         fuzz) bash scripts/fuzz.sh ${FUZZ_TARGETS:-} ;;
         # A full disk, a read-only data folder, the keychain daemon killed mid-session.
         local) cargo test -p latchkey-client --locked --test local_faults --test keychain ;;
-        *) echo "unknown part: $part (faults crashes convergence load fuzz local)" >&2; exit 2 ;;
+        # Three instances on one PostgreSQL (issue 14): the database restarted,
+        # an instance SIGKILLed, the network to it cut for 10 s, ten times each,
+        # and a restore from pg_dump; summary lines: "pg_faults summary".
+        pg) cargo test -p latchkey-server --locked --test pg_faults -- --nocapture --test-threads=1 2>&1 | tee target/pg_faults.log
+            grep 'pg_faults summary' target/pg_faults.log ;;
+        *) echo "unknown part: $part (faults crashes convergence load fuzz local pg)" >&2; exit 2 ;;
     esac
 done

@@ -3,7 +3,9 @@
 # process tests (the real server binary on 127.0.0.1, a free port), then the
 # server's handler and process suites again on PostgreSQL (a private
 # cluster the tests start themselves), then the engine's own tests and the
-# 60 s load run through nginx to three server instances on PostgreSQL.
+# 60 s load run through nginx to three server instances on PostgreSQL. The
+# PostgreSQL fault tests (crates/server/tests/pg_faults.rs) start clusters
+# of their own whatever the store, so they run once, in the first pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -7,6 +7,7 @@
 //! | [`spawn`] | any server process, waited for until it logs `listening on <URL>` ([`Spawn`], [`ServerProcess`]) |
 //! | [`fault`] | what can go wrong with one request ([`Fault`]), and a seeded generator |
 //! | [`proxy`] | a fault-injecting TCP proxy between an engine and the server |
+//! | [`tcp_link`] | a plain TCP forwarder whose link can be cut (black hole, refused), between the server and PostgreSQL ([`TcpLink`]) |
 //! | [`nginx`] | nginx as the load balancer in front of server instances, with the shipped config ([`Nginx`]) |
 //! | [`test_http`] | [`TestHttp`], the engine's transport with faults and counts |
 //! | [`engine`] | engines with fast timings, and [`wait_for`] a status |
@@ -37,6 +38,7 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod spawn;
+pub mod tcp_link;
 pub mod test_http;
 pub mod vault;
 pub mod web;
@@ -63,6 +65,7 @@ pub use server::{
 };
 pub use session::{DesktopSession, Keyring};
 pub use spawn::{ServerProcess, Spawn, signal_pid};
+pub use tcp_link::{NewConnections, TcpLink, Upstream};
 pub use test_http::{TestHttp, path_of};
 pub use vault::MemoryVault;
 pub use web::{access_token, pull_all, revoke_user_now, server_changes, server_notes, web};

@@ -378,6 +378,60 @@ impl PgCluster {
         format!("postgres://{USER}@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// The URL of the database `name` reached over TCP at `addr`: a
+    /// forwarder to [`PgCluster::socket`] ([`crate::TcpLink`]).
+    pub fn url_via(&self, addr: std::net::SocketAddr, name: &str) -> String {
+        format!("postgres://{USER}@{addr}/{name}")
+    }
+
+    /// The Unix socket the server listens on.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(format!(".s.PGSQL.{}", self.port))
+    }
+
+    /// Dumps the database `name` into a new file (`pg_dump
+    /// --format=custom`, the cluster's own), whose path is returned.
+    ///
+    /// # Panics
+    /// If `pg_dump` fails.
+    pub fn dump(&self, name: &str) -> PathBuf {
+        let file = self.dir.join(format!("{}.pgc", crate::unique("dump")));
+        self.run_tool("pg_dump", &["--format=custom", "--file"], &file, name);
+        file
+    }
+
+    /// Restores `file` of [`PgCluster::dump`] over the database `name`
+    /// (`pg_restore --clean --if-exists`: what the dump holds replaces what
+    /// is there). Nobody may be connected to it.
+    ///
+    /// # Panics
+    /// If `pg_restore` fails.
+    pub fn restore(&self, name: &str, file: &Path) {
+        self.run_tool(
+            "pg_restore",
+            &["--clean", "--if-exists", "--single-transaction"],
+            file,
+            name,
+        );
+    }
+
+    /// `program args file` on the database `name`, as the cluster's user.
+    fn run_tool(&self, program: &str, args: &[&str], file: &Path, name: &str) {
+        let out = self
+            .command(program)
+            .args(args)
+            .arg(file)
+            .args(["-h", &self.dir.display().to_string()])
+            .args(["-p", &self.port.to_string(), "-U", USER, "-d", name])
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The URL of the database `name` of this cluster.
     pub fn url(&self, name: &str) -> String {
         let socket_dir: String = form_urlencoded_path(&self.dir.display().to_string());

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -22,6 +24,27 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// How long a request waits for a free connection, a new one, or the check
 /// of a pooled one, before it is answered 503.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// Run on every new connection: two limits, each unless the operator set
+/// one already (in `postgresql.conf`, for the role or the database, or with
+/// the URL's `options`).
+/// * PostgreSQL ends a transaction of ours that sits idle for 10 s. This
+///   server never leaves one idle (its statements follow each other at
+///   once), so only a transaction whose connection vanished is idle that
+///   long. Without the limit it would keep its locks (a user's row, so
+///   every push of theirs, or a refresh token's) until PostgreSQL's own TCP
+///   keepalive noticed the connection gone: two hours by default.
+/// * A statement waits at most 4 s for a lock, then fails (a 503, retried
+///   by the client), as a call gives up after 5 s anyway. So a vanished
+///   transaction that was waiting for a lock gives up before the one
+///   holding it is ended, instead of taking the lock and keeping it
+///   another 10 s in its turn: however many vanished together, the locks
+///   they held are free within 10 s.
+const SESSION_SETUP: &str = "\
+    SELECT set_config('idle_in_transaction_session_timeout', '10s', false) \
+     WHERE current_setting('idle_in_transaction_session_timeout') = '0'; \
+    SELECT set_config('lock_timeout', '4s', false) \
+     WHERE current_setting('lock_timeout') = '0'";
 
 /// The options this server reads from the URL itself: tokio-postgres
 /// knows neither (the second is libpq's: a PEM file of CA certificates to
@@ -86,6 +109,19 @@ impl Target {
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(POOL_WAIT))
             .recycle_timeout(Some(POOL_WAIT))
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    match tokio::time::timeout(POOL_WAIT, client.simple_query(SESSION_SETUP)).await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(HookError::Backend(e)),
+                        Err(_) => Err(HookError::message(format!(
+                            "no answer from the database within {} s",
+                            POOL_WAIT.as_secs()
+                        ))),
+                    }
+                })
+            }))
             .build()
             .map_err(|e| BadUrl(format!("cannot make the connection pool: {e}")))
     }
@@ -264,7 +300,8 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 /// Whether `e` says the database cannot be reached now (down, restarting,
-/// failing over, refusing connections) rather than that a query was wrong.
+/// failing over, refusing connections, too busy to answer in time) rather
+/// than that a query was wrong.
 fn unreachable(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -273,9 +310,15 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
         // Class 08: connection exceptions. 57P01-03: shut down or starting
         // up. 53300: too many connections. 25006: a read-only transaction,
         // which is a standby, as right after a failover.
+        // 55P03: a lock not free within `lock_timeout` (see SESSION_SETUP),
+        // and 57014: a statement cancelled (an operator's
+        // `statement_timeout`): the database is too busy now.
         let code = code.code();
         return code.starts_with("08")
-            || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "25006");
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "53300" | "25006" | "55P03" | "57014"
+            );
     }
     // Not an answer from the server: the socket or TLS failed.
     std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>())
@@ -306,6 +349,11 @@ impl From<PoolError> for StoreError {
     fn from(e: PoolError) -> Self {
         match e {
             PoolError::Backend(e) => StoreError::Unavailable(describe(&e)),
+            // The session's setup query: as any other query's failure.
+            PoolError::PostCreateHook(HookError::Backend(e)) => StoreError::from(e),
+            PoolError::PostCreateHook(HookError::Message(why)) => {
+                StoreError::Unavailable(why.into_owned())
+            }
             PoolError::Timeout(_) => waited_too_long(),
             other => StoreError::Unavailable(other.to_string()),
         }

@@ -19,7 +19,9 @@
 //! Every write is one READ COMMITTED transaction, run again from the start
 //! (a few times) when it loses a serialization race or a deadlock. Every
 //! read is one statement: one snapshot. Statements are prepared once per
-//! pooled connection.
+//! pooled connection. Every call waits a bounded time for a connection
+//! and for the database's answers ([`ANSWER_WAIT`]): past it, the database
+//! is unavailable (a 503), never a request that hangs.
 
 mod attempts;
 mod auth;
@@ -27,6 +29,8 @@ mod connect;
 mod listen;
 mod schema;
 mod sync;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Client, GenericClient, Pool};
@@ -54,20 +58,30 @@ const RACE_RETRIES: u32 = 4;
 
 /// Runs `$work`, an expression using the transaction `$tx`, in a new
 /// transaction on a pooled connection, and commits it; runs it again from
-/// the start when it lost a race to another transaction. (A macro, not a
-/// function taking a closure: the work borrows the transaction, and a
-/// closure returning a future that borrows its argument cannot be written
-/// so that the future stays `Send`.)
+/// the start when it lost a race to another transaction. The database's
+/// answers are awaited at most [`ANSWER_WAIT`] (or the `within` given) in
+/// all, see [`PgStore::answered`]. (A macro, not a function taking a closure: the
+/// work borrows the transaction, and a closure returning a future that
+/// borrows its argument cannot be written so that the future stays
+/// `Send`.)
 macro_rules! in_transaction {
-    ($store:expr, |$tx:ident| $work:expr) => {{
+    ($store:expr, |$tx:ident| $work:expr) => {
+        in_transaction!($store, within ANSWER_WAIT, |$tx| $work)
+    };
+    ($store:expr, within $wait:expr, |$tx:ident| $work:expr) => {{
         let mut attempt = 0;
         loop {
             let outcome = async {
                 let mut client = $store.client().await?;
-                let $tx = client.transaction().await?;
-                let out = $work;
-                $tx.commit().await?;
-                Ok::<_, StoreError>(out)
+                let since = std::time::Instant::now();
+                let done = tokio::time::timeout($wait, async {
+                    let $tx = client.transaction().await?;
+                    let out = $work;
+                    $tx.commit().await?;
+                    Ok::<_, StoreError>(out)
+                })
+                .await;
+                $store.answered(done, client, since, $wait)
             }
             .await;
             match outcome {
@@ -80,6 +94,39 @@ macro_rules! in_transaction {
         }
     }};
 }
+
+/// Runs `$work`, an expression using `$c`, a pooled connection, awaiting
+/// the database's answers at most [`ANSWER_WAIT`] in all (see
+/// [`PgStore::answered`]).
+macro_rules! on_connection {
+    ($store:expr, |$c:ident| $work:expr) => {
+        on_connection!($store, within ANSWER_WAIT, |$c| $work)
+    };
+    ($store:expr, within $wait:expr, |$c:ident| $work:expr) => {{
+        let client = $store.client().await?;
+        let since = std::time::Instant::now();
+        let done = tokio::time::timeout($wait, async {
+            let $c = &client;
+            $work
+        })
+        .await;
+        $store.answered(done, client, since, $wait)
+    }};
+}
+
+/// How long a store call waits for the database's answers, once it has a
+/// connection, before it gives up and the request is answered 503 (the
+/// pool's own waits are as long: see `connect.rs`). tokio-postgres has no
+/// time limit of its own: a connection whose peer vanished (a network
+/// cut, a failover to another host, a firewall that forgot it) would wait
+/// for an answer for as long as the kernel keeps the socket, hours, and so
+/// would every request given that connection after it.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// The same for what may touch many rows at once: the administrator's
+/// deletion of a user (every note and version of theirs, in one
+/// transaction) and the pruning of old sign-in attempts.
+const LONG_WAIT: Duration = Duration::from_secs(600);
 
 /// A short random wait before running a transaction again, longer after
 /// each loss, so that the two losers of a deadlock do not meet again.
@@ -131,6 +178,41 @@ impl PgStore {
             }),
             Err(e @ StoreError::TooNew { .. }) => Err(e),
             Err(e) => Err(open_err(Box::new(e))),
+        }
+    }
+
+    /// The outcome of a call on `client` that began waiting for the
+    /// database's answers at `since`, at most `wait`: its own, or, when the
+    /// database did not answer in time, unavailable. Then the connection is
+    /// closed instead of going back to the pool (its peer may be gone;
+    /// whatever it was doing on the server is rolled back when the server
+    /// sees it closed, or ended there after 10 s idle: see `connect.rs`),
+    /// and so are the pooled connections nobody used since `since`: they
+    /// may be as dead (after a failover, all are), and each would cost the
+    /// next call given it another wait. A write given up on during its
+    /// commit may have committed all the same: the client retries it, and
+    /// every write is safe to retry (op ids, the refresh token's retry
+    /// rule).
+    fn answered<T>(
+        &self,
+        done: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+        client: Client,
+        since: std::time::Instant,
+        wait: Duration,
+    ) -> Result<T> {
+        match done {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // Out of the pool, and dropped: their connection tasks end
+                // and their sockets are closed.
+                drop(deadpool_postgres::Object::take(client));
+                self.pool
+                    .retain(|_, used| used.recycled.unwrap_or(used.created) > since);
+                Err(StoreError::Unavailable(format!(
+                    "no answer from the database within {} s",
+                    wait.as_secs()
+                )))
+            }
         }
     }
 
@@ -213,11 +295,11 @@ impl Store for PgStore {
     }
 
     async fn find_user(&self, username: &str) -> Result<Option<UserRecord>> {
-        auth::find_user(&self.client().await?, username).await
+        on_connection!(self, |c| auth::find_user(c, username).await)
     }
 
     async fn list_users(&self) -> Result<Vec<UserRecord>> {
-        auth::list_users(&self.client().await?).await
+        on_connection!(self, |c| auth::list_users(c).await)
     }
 
     async fn create_session(
@@ -241,7 +323,7 @@ impl Store for PgStore {
     }
 
     async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>> {
-        auth::get_session(&self.client().await?, session_id).await
+        on_connection!(self, |c| auth::get_session(c, session_id).await)
     }
 
     async fn refresh(
@@ -269,11 +351,11 @@ impl Store for PgStore {
     }
 
     async fn touch_session(&self, session_id: &str, now: i64) -> Result<()> {
-        auth::touch(&self.client().await?, session_id, now).await
+        on_connection!(self, |c| auth::touch(c, session_id, now).await)
     }
 
     async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>> {
-        auth::live_sessions(&self.client().await?, user_id, now).await
+        on_connection!(self, |c| auth::live_sessions(c, user_id, now).await)
     }
 
     async fn revoke_own_session(&self, user_id: &str, session_id: &str, now: i64) -> Result<bool> {
@@ -317,19 +399,22 @@ impl Store for PgStore {
     }
 
     async fn delete_user(&self, username: &str, now: i64) -> Result<Option<DeletedUser>> {
-        in_transaction!(self, |tx| auth::delete_user(&tx, username, now).await?)
+        in_transaction!(self, within LONG_WAIT, |tx| auth::delete_user(
+            &tx, username, now
+        )
+        .await?)
     }
 
     async fn revocations_since(&self, seq: i64) -> Result<Vec<Revocation>> {
-        auth::revocations_since(&self.client().await?, seq).await
+        on_connection!(self, |c| auth::revocations_since(c, seq).await)
     }
 
     async fn last_revocation(&self) -> Result<i64> {
-        auth::last_revocation(&self.client().await?).await
+        on_connection!(self, |c| auth::last_revocation(c).await)
     }
 
     async fn keys(&self) -> Result<Vec<KeyRecord>> {
-        auth::keys(&self.client().await?).await
+        on_connection!(self, |c| auth::keys(c).await)
     }
 
     async fn rotate_key(&self, key: KeyRecord, now: i64) -> Result<()> {
@@ -337,12 +422,12 @@ impl Store for PgStore {
     }
 
     async fn keys_version(&self) -> Result<i64> {
-        let row = query_one(
-            &self.client().await?,
+        let row = on_connection!(self, |c| query_one(
+            c,
             "SELECT coalesce(max(seq), 0) FROM signing_keys",
-            &[],
+            &[]
         )
-        .await?;
+        .await)?;
         Ok(row.try_get(0)?)
     }
 
@@ -351,17 +436,17 @@ impl Store for PgStore {
     }
 
     async fn pull(&self, user_id: &str, since: i64, limit: u32) -> Result<PullOutcome> {
-        sync::pull(&self.client().await?, user_id, since, limit).await
+        on_connection!(self, |c| sync::pull(c, user_id, since, limit).await)
     }
 
     async fn prune_ops(&self, before: i64, batch: usize) -> Result<usize> {
-        let n = execute(
-            &self.client().await?,
+        let n = on_connection!(self, |c| execute(
+            c,
             "DELETE FROM ops WHERE (user_id, op_id) IN \
              (SELECT user_id, op_id FROM ops WHERE created_at < $1 LIMIT $2)",
-            &[&before, &(batch as i64)],
+            &[&before, &(batch as i64)]
         )
-        .await?;
+        .await)?;
         Ok(n as usize)
     }
 
@@ -379,41 +464,41 @@ impl Store for PgStore {
     }
 
     async fn prune_attempts(&self, before: i64) -> Result<usize> {
-        let n = execute(
-            &self.client().await?,
+        let n = on_connection!(self, within LONG_WAIT, |c| execute(
+            c,
             "DELETE FROM login_attempts WHERE started_at < $1",
-            &[&before],
+            &[&before]
         )
-        .await?;
+        .await)?;
         Ok(n as usize)
     }
 
     async fn latest_rev(&self, user_id: &str) -> Result<i64> {
-        let row = query_opt(
-            &self.client().await?,
+        let row = on_connection!(self, |c| query_opt(
+            c,
             "SELECT last_rev FROM users WHERE id = $1",
-            &[&user_id],
+            &[&user_id]
         )
-        .await?;
+        .await)?;
         Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
     }
 
     async fn rev_changes_since(&self, seq: i64, limit: usize) -> Result<Vec<RevChange>> {
-        sync::rev_changes_since(&self.client().await?, seq, limit).await
+        on_connection!(self, |c| sync::rev_changes_since(c, seq, limit).await)
     }
 
     async fn last_rev_change(&self) -> Result<i64> {
-        let row = query_one(
-            &self.client().await?,
+        let row = on_connection!(self, |c| query_one(
+            c,
             "SELECT coalesce(max(change_seq), 0) FROM users",
-            &[],
+            &[]
         )
-        .await?;
+        .await)?;
         Ok(row.try_get(0)?)
     }
 
     async fn history(&self, user_id: &str, note_id: Uuid) -> Result<Option<Vec<NoteVersion>>> {
-        sync::history(&self.client().await?, user_id, note_id).await
+        on_connection!(self, |c| sync::history(c, user_id, note_id).await)
     }
 
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<Changes>> {
@@ -427,8 +512,9 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Instant;
 
-    use latchkey_testkit::PgCluster;
+    use latchkey_testkit::{NewConnections, PgCluster, TcpLink, Upstream};
 
     use super::*;
     use crate::store::{Location, open};
@@ -718,5 +804,181 @@ mod tests {
         assert_eq!(store.latest_rev(&user.id).await.unwrap(), 1);
         let answer = store.push(&user.id, vec![new_note()], 4).await.unwrap();
         assert_eq!(answer.cursor, 2);
+    }
+
+    /// A database that stops answering (the network to it cut: open
+    /// connections black-holed, new ones never answered) makes a store
+    /// call unavailable within the time limits, instead of waiting as long
+    /// as the kernel keeps the socket; when the network comes back with the
+    /// connections open at the cut gone for good (as after a failover), the
+    /// same store serves again: the stuck connection was closed, not
+    /// pooled again, and so were those idle since before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_that_stops_answering_is_given_up_then_recovered() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let cluster = PgCluster::shared();
+        let name = cluster.database_name();
+        let link = TcpLink::start(Upstream::Unix(cluster.socket())).await;
+        let store = PgStore::open(&cluster.url_via(link.addr(), &name))
+            .await
+            .unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        store.push(&user.id, vec![new_note()], 2).await.unwrap();
+        // Three connections in the pool.
+        let held = [
+            store.client().await.unwrap(),
+            store.client().await.unwrap(),
+            store.client().await.unwrap(),
+        ];
+        drop(held);
+        assert_eq!(store.pool.status().size, 3);
+
+        link.cut(NewConnections::Unanswered);
+        // On a pooled connection: no answer.
+        let started = Instant::now();
+        let down = store.latest_rev(&user.id).await;
+        let took = started.elapsed();
+        assert!(
+            matches!(&down, Err(StoreError::Unavailable(why)) if why.contains("no answer")),
+            "{down:?}"
+        );
+        assert!(
+            took >= ANSWER_WAIT && took < ANSWER_WAIT + Duration::from_secs(3),
+            "{took:?}"
+        );
+        // That connection was closed, and so were the two others, idle as
+        // long: a new one is never answered either.
+        assert_eq!(store.pool.status().size, 0);
+        let started = Instant::now();
+        let down = store.push(&user.id, vec![new_note()], 3).await;
+        assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+        assert!(started.elapsed() < Duration::from_secs(8));
+
+        link.lose_open_connections();
+        link.heal();
+        assert_eq!(store.latest_rev(&user.id).await.unwrap(), 1);
+        let answer = store.push(&user.id, vec![new_note()], 4).await.unwrap();
+        assert_eq!(answer.cursor, 2);
+    }
+
+    /// A transaction whose connection vanished mid-way (a push holding its
+    /// user's row) does not keep its locks until PostgreSQL's keepalive
+    /// notices, hours later: every connection of the store asks it to end
+    /// a transaction idle for 10 s, and the user's next push goes through.
+    /// One that vanished while waiting for that row gives up after 4 s
+    /// rather than taking it in turn. Meanwhile a push waits 4 s for the
+    /// lock and is unavailable (a 503), never a server error. Limits the
+    /// operator set are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_whose_connection_vanished_releases_its_locks() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let cluster = PgCluster::shared();
+        let name = cluster.database_name();
+        let link = TcpLink::start(Upstream::Unix(cluster.socket())).await;
+        let cut_off = PgStore::open(&cluster.url_via(link.addr(), &name))
+            .await
+            .unwrap();
+        let store = PgStore::open(&cluster.url(&name)).await.unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+
+        let lock_row = "SELECT 1 FROM users WHERE id = $1 FOR UPDATE";
+        let mut client = cut_off.client().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.execute(lock_row, &[&user.id]).await.unwrap();
+        // A second transaction waits for the row, as the next push would.
+        let waiter = {
+            let mut client = cut_off.client().await.unwrap();
+            let user_id = user.id.clone();
+            tokio::spawn(async move {
+                let tx = client.transaction().await.unwrap();
+                let _ = tx.execute(lock_row, &[&user_id]).await;
+            })
+        };
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}' \
+             AND wait_event_type = 'Lock'"
+        );
+        let seen = latchkey_testkit::poll_until(Duration::from_secs(10), || async {
+            (cluster.psql("postgres", &waiting).trim() == "1").then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "the second transaction never waited");
+        // Both connections are lost, the row locked by one and waited for
+        // by the other (the rollbacks never arrive).
+        link.cut(NewConnections::Refused);
+        link.lose_open_connections();
+        drop(tx);
+        drop(client);
+        link.heal();
+
+        let failures = std::sync::Mutex::new(Vec::new());
+        let pushed = latchkey_testkit::poll_until(Duration::from_secs(40), || async {
+            let started = Instant::now();
+            match store.push(&user.id, vec![new_note()], 2).await {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    failures.lock().unwrap().push((e, started.elapsed()));
+                    None
+                }
+            }
+        })
+        .await;
+        let (_, took) = pushed.expect("the row stays locked");
+        // Ended 10 s after it went idle; the waiter gave up after 4 s
+        // instead of taking the row for another 10 s in its turn.
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        waiter.abort();
+        let failures = failures.into_inner().unwrap();
+        assert!(!failures.is_empty(), "the row was never locked");
+        for (e, waited) in failures {
+            // The lock not free within 4 s (or, after waits for two locks,
+            // no answer within 5 s).
+            assert!(matches!(&e, StoreError::Unavailable(_)), "{e:?}");
+            assert!(waited < Duration::from_secs(6), "{waited:?}");
+        }
+
+        // A lock held by a live transaction: a push waits 4 s for it, and
+        // is unavailable (the client retries), not a server error.
+        let mut client = store.client().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        tx.execute(lock_row, &[&user.id]).await.unwrap();
+        let started = Instant::now();
+        let busy = store.push(&user.id, vec![new_note()], 3).await;
+        assert!(
+            matches!(&busy, Err(StoreError::Unavailable(why)) if why.contains("55P03")),
+            "{busy:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tx.rollback().await.unwrap();
+        drop(client);
+
+        let settings = |store: PgStore| async move {
+            let client = store.client().await.unwrap();
+            let mut values = Vec::new();
+            for name in ["idle_in_transaction_session_timeout", "lock_timeout"] {
+                let row = client
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .unwrap();
+                values.push(row.get::<_, String>(0));
+            }
+            values
+        };
+        assert_eq!(settings(store).await, ["10s", "4s"]);
+        cluster.psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {name} SET idle_in_transaction_session_timeout = '1min'; \
+                 ALTER DATABASE {name} SET lock_timeout = '2s'"
+            ),
+        );
+        let store = PgStore::open(&cluster.url(&name)).await.unwrap();
+        assert_eq!(settings(store).await, ["1min", "2s"]);
     }
 }
