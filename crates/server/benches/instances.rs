@@ -276,8 +276,9 @@ impl Work {
             Work::Refresh(_) => "refresh",
         }
     }
+}
 
-    /// One request; whether it was answered 200.
+impl Step for Work {
     async fn once(&mut self, conn: &mut Conn) -> anyhow::Result<bool> {
         match self {
             Work::Session(auth) => {
@@ -302,67 +303,6 @@ impl Work {
             }
         }
     }
-}
-
-/// `works.len()` connections, each doing its work over and over for
-/// `measure` (after `warmup`, not counted).
-async fn closed_loop(
-    addr: SocketAddr,
-    works: Vec<Work>,
-    warmup: Duration,
-    measure: Duration,
-) -> Stats {
-    let from = Instant::now() + warmup;
-    let until = from + measure;
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut work in works {
-        tasks.spawn(async move {
-            let mut stats = Stats::default();
-            let mut conn = None;
-            while Instant::now() < until {
-                let mut c = match conn.take() {
-                    Some(c) => c,
-                    None => match Conn::open(addr).await {
-                        Ok(c) => c,
-                        Err(_) => {
-                            stats.errors += 1;
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    },
-                };
-                let started = Instant::now();
-                let outcome = work.once(&mut c).await;
-                let done = Instant::now();
-                match outcome {
-                    Ok(true) => {
-                        if started >= from && done <= until {
-                            stats.ok += 1;
-                            stats.latencies.push(
-                                u32::try_from((done - started).as_micros()).unwrap_or(u32::MAX),
-                            );
-                        }
-                        conn = Some(c);
-                    }
-                    Ok(false) => {
-                        stats.errors += 1;
-                        conn = Some(c);
-                    }
-                    Err(_) => stats.errors += 1,
-                }
-            }
-            stats
-        });
-    }
-    let mut total = Stats::default();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(stats) => total.merge(stats),
-            Err(_) => total.errors += 1,
-        }
-    }
-    total.measured = measure;
-    total
 }
 
 /// The session check, pushes and refreshes on each setup.

@@ -81,20 +81,57 @@ impl Stats {
     }
 }
 
-/// `connections` clients, each sending one request after the other on its
-/// own keep-alive connection, for `warmup` (not counted) then `measure`.
-/// Errors are counted over the whole run, warm-up included.
+/// What one connection of a closed loop does, over and over.
+pub trait Step: Send + 'static {
+    /// One request; whether it was answered as hoped (200).
+    fn once(&mut self, conn: &mut Conn) -> impl Future<Output = anyhow::Result<bool>> + Send;
+}
+
+/// A GET of a target.
+#[derive(Clone)]
+struct Get {
+    path: &'static str,
+    auth: Option<HeaderValue>,
+}
+
+impl Step for Get {
+    async fn once(&mut self, conn: &mut Conn) -> anyhow::Result<bool> {
+        let (status, _) = conn
+            .send(Method::GET, self.path, self.auth.as_ref(), None)
+            .await?;
+        Ok(status == StatusCode::OK)
+    }
+}
+
+/// `connections` clients, each sending one GET of `target` after the
+/// other on its own keep-alive connection, for `warmup` (not counted) then
+/// `measure`.
 pub async fn load(
     target: &Target,
     connections: usize,
     warmup: Duration,
     measure: Duration,
 ) -> Stats {
+    let get = Get {
+        path: target.path,
+        auth: target.auth.clone(),
+    };
+    closed_loop(target.addr, vec![get; connections], warmup, measure).await
+}
+
+/// One client per step, each doing its step over and over on its own
+/// keep-alive connection to `addr`, for `warmup` (not counted) then
+/// `measure`. Errors are counted over the whole run, warm-up included.
+pub async fn closed_loop<S: Step>(
+    addr: SocketAddr,
+    steps: Vec<S>,
+    warmup: Duration,
+    measure: Duration,
+) -> Stats {
     let from = Instant::now() + warmup;
     let until = from + measure;
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let (addr, path, auth) = (target.addr, target.path, target.auth.clone());
+    for mut step in steps {
         tasks.spawn(async move {
             let mut stats = Stats::default();
             let mut conn = None;
@@ -111,10 +148,10 @@ pub async fn load(
                     },
                 };
                 let started = Instant::now();
-                let outcome = c.send(Method::GET, path, auth.as_ref(), None).await;
+                let outcome = step.once(&mut c).await;
                 let done = Instant::now();
                 match outcome {
-                    Ok((StatusCode::OK, _)) => {
+                    Ok(true) => {
                         if started >= from && done <= until {
                             stats.ok += 1;
                             stats.latencies.push(
@@ -123,7 +160,7 @@ pub async fn load(
                         }
                         conn = Some(c);
                     }
-                    Ok(_) => {
+                    Ok(false) => {
                         stats.errors += 1;
                         conn = Some(c);
                     }
