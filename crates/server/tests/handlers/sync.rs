@@ -13,6 +13,42 @@ fn applied(r: &Value, op_id: &str, note_id: &str, rev: i64) {
     );
 }
 
+/// Note `n` made ("Plan", "the text"), then a stale edit of it pushed,
+/// whose conflict copy the user edits ("Mine", "edited copy"): the op
+/// that made the note, the stale op, and the copy's id.
+async fn a_note_and_an_edited_conflict_copy(
+    app: &App,
+    u: &User,
+    n: &str,
+) -> (Value, Value, String) {
+    let create = upsert(&uuid(), n, 0, "Plan", "the text");
+    app.push_ok(u.access(), vec![create.clone()]).await;
+    let stale = upsert(&uuid(), n, 0, "Plan", "other text");
+    let first = app.push_ok(u.access(), vec![stale.clone()]).await;
+    let copy_id = first["results"][0]["conflict_copy_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy_rev = first["results"][0]["copy_rev"].as_i64().unwrap();
+    app.push_ok(
+        u.access(),
+        vec![upsert(&uuid(), &copy_id, copy_rev, "Mine", "edited copy")],
+    )
+    .await;
+    (create, stale, copy_id)
+}
+
+/// The note `id` among a pull's changes.
+fn pulled(all: &Value, id: &str) -> Value {
+    all["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["note_id"] == id)
+        .unwrap_or_else(|| panic!("{id} not pulled"))
+        .clone()
+}
+
 #[tokio::test]
 async fn push_then_pull_round_trips_notes() {
     let app = App::new().await;
@@ -533,22 +569,9 @@ async fn a_conflict_copy_of_a_4_kib_title_fits_and_can_be_pushed_again() {
 async fn a_resent_op_whose_result_was_pruned_conflicts_and_keeps_its_text() {
     let app = App::new().await;
     let u = app.user().await;
-    let (created, n) = (uuid(), uuid());
-    let create = upsert(&created, &n, 0, "Plan", "the text");
-    app.push_ok(u.access(), vec![create.clone()]).await;
+    let n = uuid();
     // A conflict whose copy the user then edits.
-    let stale = upsert(&uuid(), &n, 0, "Plan", "other text");
-    let first = app.push_ok(u.access(), vec![stale.clone()]).await;
-    let copy_id = first["results"][0]["conflict_copy_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let copy_rev = first["results"][0]["copy_rev"].as_i64().unwrap();
-    app.push_ok(
-        u.access(),
-        vec![upsert(&uuid(), &copy_id, copy_rev, "Mine", "edited copy")],
-    )
-    .await;
+    let (create, stale, copy_id) = a_note_and_an_edited_conflict_copy(&app, &u, &n).await;
     // A delete, applied.
     let gone = uuid();
     app.push_ok(u.access(), vec![upsert(&uuid(), &gone, 0, "x", "y")])
@@ -591,15 +614,7 @@ async fn a_resent_op_whose_result_was_pruned_conflicts_and_keeps_its_text() {
     assert_eq!(d["status"], "conflict");
     assert!(d.get("conflict_copy_id").is_none(), "{d}");
     let all = app.pull_ok(u.access(), "").await;
-    let note = |id: &str| {
-        all["changes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["note_id"] == id)
-            .unwrap_or_else(|| panic!("{id} not pulled"))
-            .clone()
-    };
+    let note = |id: &str| pulled(&all, id);
     assert_eq!(note(&n)["body"], "the text");
     assert_eq!(note(c_copy)["body"], "the text");
     assert_eq!(note(c_copy)["title"], "Plan (conflict copy)");
@@ -607,4 +622,50 @@ async fn a_resent_op_whose_result_was_pruned_conflicts_and_keeps_its_text() {
     assert_eq!(note(&copy_id)["body"], "edited copy");
     assert_eq!(note(&copy_id)["title"], "Mine");
     assert_eq!(note(&gone)["deleted"], true);
+}
+
+/// A resent op whose result was pruned, in one push after an op that
+/// creates its note: it conflicts with that op, and the copy its first
+/// sending made (edited since) is kept, a new copy made beside it.
+#[tokio::test]
+async fn a_resent_op_conflicting_with_an_earlier_op_of_its_push_keeps_the_old_copy() {
+    let app = App::new().await;
+    let u = app.user().await;
+    let n = uuid();
+    let (_, stale, old_copy) = a_note_and_an_edited_conflict_copy(&app, &u, &n).await;
+    sql(
+        &app,
+        "UPDATE ops SET created_at = created_at - ?1",
+        &[(31 * 24 * 3600).into()],
+    );
+    assert_eq!(app.state.prune_ops(now()).await.unwrap(), 3);
+
+    // A new note, and the old op resent on it, both based on nothing.
+    let fresh = uuid();
+    let res = app
+        .push_ok(
+            u.access(),
+            vec![
+                upsert(&uuid(), &fresh, 0, "Fresh", "first"),
+                upsert(
+                    stale["op_id"].as_str().unwrap(),
+                    &fresh,
+                    0,
+                    "Fresh",
+                    "second",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(res["results"][0]["status"], "applied");
+    let second = &res["results"][1];
+    assert_eq!(second["status"], "conflict", "{second}");
+    let new_copy = second["conflict_copy_id"].as_str().unwrap();
+    assert_ne!(new_copy, old_copy);
+    let all = app.pull_ok(u.access(), "").await;
+    let body = |id: &str| pulled(&all, id)["body"].clone();
+    assert_eq!(body(&fresh), "first");
+    assert_eq!(body(new_copy), "second");
+    assert_eq!(body(&old_copy), "edited copy");
+    assert_eq!(body(&n), "the text");
 }

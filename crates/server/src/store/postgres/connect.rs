@@ -324,6 +324,15 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
     std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>())
 }
 
+/// Whether `e` is a statement prepared before the schema changed and
+/// whose rows would now differ ("cached plan must not change result
+/// type"): prepared again, it runs.
+pub(super) fn stale_statement(e: &StoreError) -> bool {
+    matches!(e, StoreError::Pg(pg) if pg.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::FEATURE_NOT_SUPPORTED && db.message().starts_with("cached plan")
+    }))
+}
+
 /// Whether `e` lost a race another transaction won (a serialization
 /// failure or a deadlock): running it again is the answer.
 pub(super) fn lost_race(e: &StoreError) -> bool {

@@ -201,6 +201,16 @@ impl PgStore {
         wait: Duration,
     ) -> Result<T> {
         match done {
+            Ok(Err(e)) if connect::stale_statement(&e) => {
+                // The schema changed under the statements the connections
+                // prepared (another instance migrated it, an upgrade): they
+                // are prepared again, and the client asks again.
+                self.pool.manager().statement_caches.clear();
+                Err(StoreError::Unavailable(format!(
+                    "the database's schema changed under a prepared statement ({e}); \
+                     prepared again for the next call"
+                )))
+            }
             Ok(outcome) => outcome,
             Err(_) => {
                 // Out of the pool, and dropped: their connection tasks end
@@ -804,6 +814,82 @@ mod tests {
         assert_eq!(store.latest_rev(&user.id).await.unwrap(), 1);
         let answer = store.push(&user.id, vec![new_note()], 4).await.unwrap();
         assert_eq!(answer.cursor, 2);
+    }
+
+    /// A database of the version before (schema 3) is brought up to date
+    /// at start: its notes kept, pushes going on, notes' keys compared as
+    /// bytes and no longer checked row by row against their user.
+    #[tokio::test]
+    async fn a_database_of_schema_3_is_migrated_keeping_its_notes() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let cluster = PgCluster::shared();
+        let url = cluster.database();
+        for sql in &schema::MIGRATIONS[..3] {
+            cluster.psql(&url, sql);
+        }
+        let note = Uuid::now_v7();
+        cluster.psql(
+            &url,
+            &format!(
+                "CREATE TABLE schema_version (version BIGINT NOT NULL); \
+                 INSERT INTO schema_version VALUES (3); \
+                 INSERT INTO users (id, username, password_hash, created_at, last_rev) \
+                 VALUES ('u1', 'ann', 'hash', 1, 1); \
+                 INSERT INTO notes VALUES ('u1', '{note}', 1, 'Plan', 'the text', false, 1, NULL)"
+            ),
+        );
+        let store = PgStore::open(&url).await.unwrap();
+        let pushed = store.push("u1", vec![new_note()], 2).await.unwrap();
+        assert_eq!(pushed.cursor, 2);
+        let PullOutcome::Page(page) = store.pull("u1", 0, 10).await.unwrap() else {
+            panic!("no page");
+        };
+        assert_eq!(page.changes.len(), 2);
+        assert_eq!(page.changes[0].note_id, note);
+        assert_eq!(page.changes[0].body, "the text");
+        let schema = cluster.psql(
+            &url,
+            "SELECT (SELECT version FROM schema_version), \
+             (SELECT count(*) FROM pg_constraint WHERE conname = 'notes_user_id_fkey'), \
+             (SELECT string_agg(DISTINCT collation_name, ',') FROM information_schema.columns \
+              WHERE (table_name, column_name) IN (('notes', 'note_id'), ('ops', 'op_id'), \
+              ('note_versions', 'note_id'), ('ops', 'user_id')))",
+        );
+        assert_eq!(schema.trim(), "4\t0\tC");
+    }
+
+    /// A newer version's migration changing what a statement the
+    /// connections prepared returns (as migration 4 did, for instances of
+    /// the version before still running) makes the next call unavailable,
+    /// not a server error, and the one after it runs, prepared again.
+    #[tokio::test]
+    async fn a_schema_changed_under_prepared_statements_is_prepared_again() {
+        if !PgCluster::available() {
+            println!("skipped: PostgreSQL is not installed");
+            return;
+        }
+        let url = PgCluster::shared().database();
+        let store = PgStore::open(&url).await.unwrap();
+        let user = store.create_user("ann", "hash", 1).await.unwrap();
+        store.push(&user.id, vec![new_note()], 2).await.unwrap();
+        PgCluster::shared().psql(
+            &url,
+            "ALTER TABLE notes ALTER COLUMN note_id TYPE TEXT COLLATE \"POSIX\"",
+        );
+        let stale = store.push(&user.id, vec![new_note()], 3).await;
+        assert!(
+            matches!(&stale, Err(StoreError::Unavailable(why)) if why.contains("schema changed")),
+            "{stale:?}"
+        );
+        let answer = store.push(&user.id, vec![new_note()], 4).await.unwrap();
+        assert_eq!(answer.cursor, 2);
+        let PullOutcome::Page(page) = store.pull(&user.id, 0, 10).await.unwrap() else {
+            panic!("no page");
+        };
+        assert_eq!(page.changes.len(), 2);
     }
 
     /// A database that stops answering (the network to it cut: open

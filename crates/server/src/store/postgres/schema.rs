@@ -131,6 +131,21 @@ CREATE TRIGGER signing_keys_notify AFTER INSERT ON signing_keys
 CREATE TRIGGER users_notify AFTER UPDATE OF change_seq ON users
     FOR EACH STATEMENT EXECUTE FUNCTION latchkey_notify();
 "#,
+    // What a push costs. A note's user was checked row by row, a query
+    // each: a fifth of a 500-op push. A push holds its user's row locked
+    // (`FOR UPDATE`) and a user is deleted with their notes
+    // (`delete_user`), as `ops` and `note_versions` always were. And the
+    // keys a push looks up and adds compare as bytes (as SQLite's do), not
+    // by the database's locale: the indexes are rebuilt, once.
+    r#"
+ALTER TABLE notes DROP CONSTRAINT notes_user_id_fkey;
+ALTER TABLE notes ALTER COLUMN user_id TYPE TEXT COLLATE "C",
+    ALTER COLUMN note_id TYPE TEXT COLLATE "C";
+ALTER TABLE note_versions ALTER COLUMN user_id TYPE TEXT COLLATE "C",
+    ALTER COLUMN note_id TYPE TEXT COLLATE "C";
+ALTER TABLE ops ALTER COLUMN user_id TYPE TEXT COLLATE "C",
+    ALTER COLUMN op_id TYPE TEXT COLLATE "C";
+"#,
 ];
 
 /// The advisory lock migrations run under ("latchk" and 1).

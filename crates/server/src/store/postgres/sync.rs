@@ -1,7 +1,8 @@
 //! Notes in PostgreSQL: pushes, pulls, history and the numbered rev
 //! changes. A push costs a fixed number of round trips whatever its size:
-//! it locks the user's row, reads every op result and note its ops touch in
-//! one go, decides each op in memory by the rules both stores share
+//! it locks the user's row, reads every op result and note its ops name in
+//! one go (and the ids conflict copies would take, when one may conflict),
+//! decides each op in memory by the rules both stores share
 //! ([`notes::apply_op`]), and writes the outcome with one array-valued
 //! statement per table. Statements that do not wait on each other's answer
 //! are pipelined (sent together, run in order).
@@ -24,11 +25,20 @@ use crate::store::{
 
 const LOCK_USER: &str = "SELECT last_rev FROM users WHERE id = $1 FOR UPDATE";
 
-const SEEN_OPS: &str = "SELECT op_id, note_id, rev, conflict, conflict_copy_id, copy_rev, \
-     server_note FROM ops WHERE user_id = $1 AND op_id = ANY($2)";
+// Rows looked up by key are probed one key at a time (`LATERAL … LIMIT 1`
+// keeps the planner from joining otherwise). As `key = ANY($2)`, a plan
+// made while a table was young and its statistics missing read every row
+// of the user's and compared it with every key: a push of 500 ops into a
+// fresh database took five times as long, until autovacuum's first
+// ANALYZE (BENCHMARKS.md "Issue 14").
 
-const NOTES_TOUCHED: &str = "SELECT note_id, rev, title, body, deleted, updated_at, conflict_of \
-     FROM notes WHERE user_id = $1 AND note_id = ANY($2)";
+const SEEN_OPS: &str = "SELECT o.* FROM unnest($2::text[]) AS k(id) CROSS JOIN LATERAL \
+     (SELECT op_id, note_id, rev, conflict, conflict_copy_id, copy_rev, server_note FROM ops \
+      WHERE user_id = $1 AND op_id = k.id LIMIT 1) AS o";
+
+const NOTES_TOUCHED: &str = "SELECT n.* FROM unnest($2::text[]) AS k(id) CROSS JOIN LATERAL \
+     (SELECT note_id, rev, title, body, deleted, updated_at, conflict_of FROM notes \
+      WHERE user_id = $1 AND note_id = k.id LIMIT 1) AS n";
 
 const KEEP_VERSIONS: &str = "INSERT INTO note_versions \
      (user_id, note_id, rev, title, body, deleted, updated_at) \
@@ -36,17 +46,26 @@ const KEEP_VERSIONS: &str = "INSERT INTO note_versions \
      $7::int8[])";
 
 /// Forgets the versions of these notes past the newest
-/// [`HISTORY_KEPT_VERSIONS`].
-const FORGET_VERSIONS: &str = "DELETE FROM note_versions v USING \
-     (SELECT note_id, rev, row_number() OVER (PARTITION BY note_id ORDER BY rev DESC) AS n \
-      FROM note_versions WHERE user_id = $1 AND note_id = ANY($2)) old \
-     WHERE old.n > $3 AND v.user_id = $1 AND v.note_id = old.note_id AND v.rev = old.rev";
+/// [`HISTORY_KEPT_VERSIONS`] (`$3`), note by note as above.
+const FORGET_VERSIONS: &str = "DELETE FROM note_versions v USING unnest($2::text[]) AS k(id) \
+     CROSS JOIN LATERAL (SELECT rev FROM note_versions WHERE user_id = $1 AND note_id = k.id \
+      ORDER BY rev DESC OFFSET $3) AS old \
+     WHERE v.user_id = $1 AND v.note_id = k.id AND v.rev = old.rev";
 
-/// As SQLite's upsert: a note keeps its `conflict_of`.
-const WRITE_NOTES: &str = "INSERT INTO notes \
+/// Notes the push's reads did not find: a plain insert (no other
+/// transaction writes the user's notes while the push holds their row).
+const ADD_NOTES: &str = "INSERT INTO notes \
      (user_id, note_id, rev, title, body, deleted, updated_at, conflict_of) \
      SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::bytea[], $5::bytea[], $6::bool[], \
-     $7::int8[], $8::text[]) \
+     $7::int8[], $8::text[])";
+
+/// Notes that were there, found through their key as an upsert finds them
+/// (a speculative insert costs a third more, so new notes go apart). As
+/// SQLite's upsert: a note keeps its `conflict_of`.
+const REPLACE_NOTES: &str = "INSERT INTO notes \
+     (user_id, note_id, rev, title, body, deleted, updated_at) \
+     SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::bytea[], $5::bytea[], $6::bool[], \
+     $7::int8[]) \
      ON CONFLICT (user_id, note_id) DO UPDATE SET rev = excluded.rev, title = excluded.title, \
      body = excluded.body, deleted = excluded.deleted, updated_at = excluded.updated_at";
 
@@ -109,15 +128,7 @@ pub(super) async fn push(
     now: i64,
 ) -> Result<PushResponse> {
     let op_ids: Vec<String> = ops.iter().map(|op| op.op_id().to_string()).collect();
-    // Every note an op may touch: its own, and the copy a conflict would
-    // make.
-    let mut touched: Vec<String> = Vec::with_capacity(ops.len() * 2);
-    for op in ops {
-        touched.push(op.note_id().to_string());
-        if let Op::Upsert { op_id, .. } = op {
-            touched.push(conflict_copy_id(op_id).to_string());
-        }
-    }
+    let note_ids: Vec<String> = ops.iter().map(|op| op.note_id().to_string()).collect();
     // The user's row first: the reads after it see every push of theirs
     // committed before, and none commits until this one does.
     let read = pipelined(
@@ -125,7 +136,7 @@ pub(super) async fn push(
         &[
             (LOCK_USER, args(&[&user_id])),
             (SEEN_OPS, args(&[&user_id, &op_ids])),
-            (NOTES_TOUCHED, args(&[&user_id, &touched])),
+            (NOTES_TOUCHED, args(&[&user_id, &note_ids])),
         ],
     )
     .await?;
@@ -152,9 +163,13 @@ pub(super) async fn push(
         };
         batch.seen.insert(op_id, op_row);
     }
-    for row in &current {
-        let note = change_row(row, 0)?;
-        batch.notes.insert(note.note_id, note);
+    batch.add_stored(&current)?;
+    // The ids the conflict copies would take, looked up only when a
+    // conflict may happen: a round trip more for a push that conflicts,
+    // none for one that does not.
+    let copies = batch.copies_to_look_up(ops, &op_ids);
+    if !copies.is_empty() {
+        batch.add_stored(&query(tx, NOTES_TOUCHED, &[&user_id, &copies]).await?)?;
     }
 
     let mut last_rev = first_rev;
@@ -184,6 +199,8 @@ struct Batch {
     seen: HashMap<String, OpRow>,
     /// The notes as they stand, this push's writes included.
     notes: HashMap<Uuid, Change>,
+    /// The notes that stood before the push.
+    stored: HashSet<Uuid>,
     /// Notes written.
     written: HashSet<Uuid>,
     /// Versions replaced, to keep in their notes' history.
@@ -193,6 +210,38 @@ struct Batch {
 }
 
 impl Batch {
+    /// Notes as the store holds them (rows of [`NOTES_TOUCHED`]).
+    fn add_stored(&mut self, rows: &[Row]) -> Result<()> {
+        for row in rows {
+            let note = change_row(row, 0)?;
+            self.stored.insert(note.note_id);
+            self.notes.insert(note.note_id, note);
+        }
+        Ok(())
+    }
+
+    /// The conflict copy ids of the upserts that may conflict: those whose
+    /// base is not the stored note's rev (0 for none), and those whose note
+    /// an earlier op of the push names (its rev may have moved). Any other
+    /// is applied as based, and makes no copy.
+    fn copies_to_look_up(&self, ops: &[Op], op_ids: &[String]) -> Vec<String> {
+        let mut named = HashSet::with_capacity(ops.len());
+        let mut copies = Vec::new();
+        for (op, seen_id) in ops.iter().zip(op_ids) {
+            let earlier = !named.insert(op.note_id());
+            if let Op::Upsert {
+                op_id, base_rev, ..
+            } = op
+            {
+                let stored_rev = self.notes.get(&op.note_id()).map_or(0, |n| n.rev);
+                if !self.seen.contains_key(seen_id) && (earlier || *base_rev != stored_rev) {
+                    copies.push(conflict_copy_id(op_id).to_string());
+                }
+            }
+        }
+        copies
+    }
+
     /// Applies one op not seen before, in memory.
     fn apply(
         &mut self,
@@ -235,12 +284,12 @@ impl Batch {
             unique.into_iter().cloned().collect()
         };
         let kept = HISTORY_KEPT_VERSIONS as i64;
-        let notes: Vec<&Change> = self
+        let (rewritten, added): (Vec<&Change>, Vec<&Change>) = self
             .written
             .iter()
             .filter_map(|id| self.notes.get(id))
-            .collect();
-        let notes = Columns::of(notes);
+            .partition(|note| self.stored.contains(&note.note_id));
+        let (rewritten, added) = (Columns::of(rewritten), Columns::of(added));
         let ops = OpColumns::of(&self.recorded);
 
         let mut statements: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
@@ -248,10 +297,13 @@ impl Batch {
             statements.push((KEEP_VERSIONS, versions.params(&user_id)));
             statements.push((FORGET_VERSIONS, args(&[&user_id, &version_notes, &kept])));
         }
-        if !notes.note_ids.is_empty() {
-            let mut params = notes.params(&user_id);
-            params.push(&notes.conflict_of);
-            statements.push((WRITE_NOTES, params));
+        if !added.note_ids.is_empty() {
+            let mut params = added.params(&user_id);
+            params.push(&added.conflict_of);
+            statements.push((ADD_NOTES, params));
+        }
+        if !rewritten.note_ids.is_empty() {
+            statements.push((REPLACE_NOTES, rewritten.params(&user_id)));
         }
         if !ops.op_ids.is_empty() {
             statements.push((RECORD_OPS, ops.params(&user_id, &now)));
