@@ -129,6 +129,13 @@ impl Sessions {
         Ok(session)
     }
 
+    /// A revocation the database told of: applied here as
+    /// [`Sessions::mark_revoked`] does, and the error to answer.
+    pub fn revoked_in_store(&self, sid: &str, reason: Reason, now: i64) -> AppError {
+        self.mark_revoked(sid, reason, now);
+        revoked_error(reason)
+    }
+
     /// Remembers a new session (saves the first request a database read).
     pub fn insert(&self, session: SessionRecord) {
         self.cache_live(session);

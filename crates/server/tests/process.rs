@@ -83,40 +83,83 @@ fn assert_clean_failure(out: &Output, what: &str) -> String {
     err
 }
 
-/// A running server process (killed on drop), and a client for it.
+/// A running server process (killed on drop), and a client for it. With
+/// `LATCHKEY_TEST_SERVERS=N` (on PostgreSQL), N instances on the database
+/// behind nginx, talked to through nginx (testkit `behind_nginx`): the
+/// protocol over a real load balancer, each request to the next instance.
 struct Server {
-    process: ServerProcess,
+    /// Dropped first: nothing reaches an instance being killed.
+    nginx: Option<Nginx>,
+    processes: Vec<ServerProcess>,
     http: reqwest::Client,
 }
 
 impl Server {
     fn start(db: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let process = Spawn::serve(db)
-            .bin(BIN)
-            .args(extra)
-            .envs(env.iter().copied())
-            .start();
-        let url = process.url();
+        let spawn = || {
+            Spawn::serve(db)
+                .bin(BIN)
+                .args(extra)
+                .envs(env.iter().copied())
+        };
+        let (processes, nginx) = if in_cluster() {
+            assert!(
+                on_postgres(),
+                "several instances share a PostgreSQL database: set LATCHKEY_TEST_STORE=postgres"
+            );
+            let (processes, nginx) = behind_nginx(free_port(), test_servers(), spawn);
+            (processes, Some(nginx))
+        } else {
+            (vec![spawn().start()], None)
+        };
+        let srv = Server {
+            processes,
+            nginx,
+            http: web(),
+        };
+        let url = srv.base();
         assert!(
             url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
             "the server listens elsewhere: {url}"
         );
-        Server {
-            process,
-            http: web(),
+        srv
+    }
+
+    /// The one server process.
+    ///
+    /// # Panics
+    /// With several instances: a test that needs one skips with
+    /// `skip_in_cluster`.
+    fn process(&self) -> &ServerProcess {
+        assert!(
+            self.nginx.is_none(),
+            "one process asked of several instances"
+        );
+        &self.processes[0]
+    }
+
+    /// Where clients go: nginx, in front of several instances.
+    fn base(&self) -> String {
+        match &self.nginx {
+            Some(nginx) => nginx.url(),
+            None => self.processes[0].url().to_owned(),
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.process.url())
+        format!("{}{path}", self.base())
     }
 
     fn port(&self) -> u16 {
-        self.process.port()
+        match &self.nginx {
+            Some(nginx) => nginx.port,
+            None => self.processes[0].port(),
+        }
     }
 
+    /// What the server logged: every instance's, one after another.
     fn stderr(&self) -> String {
-        self.process.stderr()
+        self.processes.iter().map(ServerProcess::stderr).collect()
     }
 
     /// Sends a request and checks what every answer must have: a Date, a
@@ -225,9 +268,24 @@ impl Server {
             .clone()
     }
 
-    /// Sends SIGTERM and waits (at most 15 s) for the exit.
+    /// Sends SIGTERM and waits (at most 15 s) for the exit: of every
+    /// instance (nginx stopped first), the first unclean exit if any.
     fn terminate(&mut self) -> std::process::ExitStatus {
-        self.process.terminate()
+        self.nginx = None;
+        let statuses: Vec<_> = self.processes.iter_mut().map(|p| p.terminate()).collect();
+        statuses
+            .iter()
+            .find(|s| !s.success())
+            .copied()
+            .unwrap_or(statuses[0])
+    }
+
+    /// SIGKILL, every instance (nginx stopped first).
+    fn kill(&mut self) {
+        self.nginx = None;
+        for p in &mut self.processes {
+            p.kill();
+        }
     }
 }
 
@@ -794,6 +852,11 @@ async fn a_pull_from_a_cursor_ahead_of_the_server_is_409_cursor_ahead() {
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_on_its_own() {
+    if skip_in_cluster(
+        "it sets --trusted-proxy itself; the instances behind nginx are told 127.0.0.1",
+    ) {
+        return;
+    }
     let env = Env::new();
     let (name, pw) = env.add_user();
     let srv = env.start(&[
@@ -988,6 +1051,9 @@ async fn cli_keys_rotate_is_picked_up_within_a_second() {
 
 #[tokio::test]
 async fn two_instances_on_one_database_share_sessions_and_revocations() {
+    if skip_in_cluster("it runs instances of its own") {
+        return;
+    }
     let env = Env::new();
     let (name, pw) = env.add_user();
     let issuer = ["--issuer", "http://latchkey.test"];
@@ -1121,7 +1187,7 @@ async fn an_acknowledged_push_survives_sigkill() {
     let batch = vec![upsert(&op, &n, 0, "durable", "survives a crash")];
     srv.push_ok(&at, batch.clone()).await;
     // SIGKILL right after the acknowledgement: no clean shutdown.
-    srv.process.kill();
+    srv.kill();
     drop(srv);
 
     let srv = env.start(&[]);
@@ -1491,7 +1557,7 @@ async fn demo_mode_prints_a_password_that_signs_in() {
     assert!(password.len() >= 12, "a weak demo password");
     let (srv_, pw_) = (&srv, &password);
     let printed = poll_until(Duration::from_secs(5), || async move {
-        let out = srv_.process.stdout();
+        let out = srv_.process().stdout();
         out.contains(pw_.as_str()).then_some(out)
     })
     .await
@@ -1507,7 +1573,7 @@ async fn demo_mode_prints_a_password_that_signs_in() {
     let srv = env.start(&["--demo"]);
     let (srv_, pw_) = (&srv, &password);
     poll_until(Duration::from_secs(5), || async move {
-        srv_.process.stdout().contains(pw_.as_str()).then_some(())
+        srv_.process().stdout().contains(pw_.as_str()).then_some(())
     })
     .await
     .expect("the demo password was not printed again");
@@ -1597,6 +1663,9 @@ async fn the_database_is_private_and_the_log_holds_no_secret() {
 
 #[tokio::test]
 async fn flags_read_their_environment_variables() {
+    if skip_in_cluster("LATCHKEY_ISSUER would lose to the --issuer the instances are given") {
+        return;
+    }
     let env = Env::new();
     let (name, pw) = env.add_user();
     let srv = Server::start(
@@ -1657,6 +1726,9 @@ async fn flags_read_their_environment_variables() {
 
 #[tokio::test]
 async fn serves_https_with_a_certificate() {
+    if skip_in_cluster("nginx speaks plain HTTP to the instances") {
+        return;
+    }
     let env = Env::new();
     let Some(TestCert { ca, cert, key }) = localhost_cert(env.dir()) else {
         return;
@@ -1668,7 +1740,7 @@ async fn serves_https_with_a_certificate() {
         "--tls-key",
         key.to_str().unwrap(),
     ]);
-    let base = srv.process.url();
+    let base = srv.process().url();
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
     let mut pem = Vec::new();
     std::fs::File::open(&ca)
@@ -1757,6 +1829,9 @@ fn rss_mib(pid: u32) -> u64 {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_ins_give_their_memory_back() {
+    if skip_in_cluster("the memory of one process") {
+        return;
+    }
     let env = Env::new();
     let (name, pw) = env.add_user();
     let srv = Arc::new(env.start(&[]));
@@ -1771,7 +1846,7 @@ async fn sign_ins_give_their_memory_back() {
     }
     tasks.join_all().await;
     // The server idles at ~10 MiB; a few blocks held at once would be ~80.
-    let rss = rss_mib(srv.process.pid());
+    let rss = rss_mib(srv.process().pid());
     assert!(rss < 128, "the server holds {rss} MiB after 100 sign-ins");
 }
 
@@ -1844,6 +1919,9 @@ fn cli_backup_copies_a_checked_database_and_never_overwrites() {
 /// instance within seconds, and a push too large is the server's 413.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_nginx_two_instances_share_the_work_and_streams_pass_unbuffered() {
+    if skip_in_cluster("it runs instances and nginx of its own") {
+        return;
+    }
     let env = Env::new();
     let (name, pw) = env.add_user();
     let port = free_port();
@@ -1984,6 +2062,9 @@ async fn sign_in_as(srv: &Server, name: &str, pw: &str, device: &str) -> Value {
 /// session stays ended and a spent refresh token is still reuse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_store_moves_a_server_to_postgres_and_its_devices_carry_on() {
+    if skip_in_cluster("it runs servers of its own") {
+        return;
+    }
     if !PgCluster::available() {
         println!("skipped: PostgreSQL is not installed");
         return;

@@ -61,7 +61,8 @@ pub use resp::{
     Resp, assert_change_shape, assert_error, assert_keys, assert_reason, assert_token_response,
 };
 pub use server::{
-    TestServer, add_user, in_cluster, run_cli, server_bin, skip_in_cluster, test_servers,
+    TestServer, add_user, behind_nginx, in_cluster, run_cli, server_bin, skip_in_cluster,
+    test_servers,
 };
 pub use session::{DesktopSession, Keyring};
 pub use spawn::{ServerProcess, Spawn, signal_pid};

@@ -211,6 +211,32 @@ pub fn skip_in_cluster(why: &str) -> bool {
     skip
 }
 
+/// `instances` server processes as `spawn` makes them, each told
+/// `--issuer` nginx's URL and `--trusted-proxy 127.0.0.1`, and nginx on
+/// `port` in front of them (round robin, the shipped locations), as
+/// DESIGN.md "Growing past one machine" runs them. Started one after
+/// another: the first runs the migrations, the others find them done.
+///
+/// # Panics
+/// If an instance or nginx does not start.
+pub fn behind_nginx(
+    port: u16,
+    instances: usize,
+    spawn: impl Fn() -> Spawn,
+) -> (Vec<ServerProcess>, Nginx) {
+    let issuer = format!("http://127.0.0.1:{port}");
+    let processes: Vec<ServerProcess> = (0..instances)
+        .map(|_| {
+            spawn()
+                .args(["--issuer", &issuer, "--trusted-proxy", "127.0.0.1"])
+                .start()
+        })
+        .collect();
+    let ports: Vec<u16> = processes.iter().map(ServerProcess::port).collect();
+    let nginx = Nginx::start(port, &ports);
+    (processes, nginx)
+}
+
 /// Several instances on one PostgreSQL database, and nginx in front.
 struct Cluster {
     /// The database, as `--db` takes it.
@@ -305,19 +331,13 @@ impl TestServer {
             self.processes.push(process);
             return;
         };
-        let issuer = format!("http://127.0.0.1:{}", self.port);
-        // Started one after another: the first runs the migrations, the
-        // others find them done.
-        for _ in 0..cluster.instances {
-            let process = Spawn::serve(&cluster.db)
-                .args(["--issuer", &issuer, "--trusted-proxy", "127.0.0.1"])
+        let (processes, nginx) = behind_nginx(self.port, cluster.instances, || {
+            Spawn::serve(&cluster.db)
                 .args(&self.extra)
                 .env("LATCHKEY_LOG", log)
-                .start();
-            self.processes.push(process);
-        }
-        let ports: Vec<u16> = self.processes.iter().map(ServerProcess::port).collect();
-        cluster.nginx = Some(Nginx::start(self.port, &ports));
+        });
+        self.processes = processes;
+        cluster.nginx = Some(nginx);
     }
 
     /// Where each server process listens: [`TestServer::url`] for one

@@ -286,10 +286,12 @@ async fn revoke(State(state): State<AppState>, req: Request) -> AppResult<impl I
 
 /// The reconnect check; it also marks the session as seen.
 async fn session(State(state): State<AppState>, authed: Authed) -> AppResult<Json<SessionInfo>> {
-    state
-        .store
-        .touch_session(&authed.session.id, crate::clock::now())
-        .await?;
+    let now = crate::clock::now();
+    if let Some(reason) = state.store.touch_session(&authed.session.id, now).await? {
+        return Err(state
+            .sessions
+            .revoked_in_store(&authed.session.id, reason, now));
+    }
     Ok(Json(SessionInfo {
         session_id: authed.session.id,
         user: UserInfo {

@@ -527,8 +527,12 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every live session of a user; None if there is no such user.
     async fn revoke_user(&self, username: &str, reason: Reason, now: i64) -> Result<Option<usize>>;
     /// Moves the session's `last_seen_at` to `now`, unless it moved within
-    /// [`LAST_SEEN_STEP_SECS`]. (A refresh moves it by itself.)
-    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()>;
+    /// [`LAST_SEEN_STEP_SECS`] (a refresh moves it by itself), and says
+    /// whether the database holds the session revoked (None: it does not;
+    /// a session gone with its user is revoked). The reconnect check asks
+    /// the database, so that a revocation made through any instance is
+    /// seen there at once, not when this instance hears of it.
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<Option<Reason>>;
     /// The user's sessions neither revoked nor expired, most recently seen
     /// first.
     async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>>;

@@ -810,9 +810,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()> {
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<Option<Reason>> {
         let id = session_id.to_owned();
-        self.write(move |tx| touch(tx, &id, now)).await
+        self.write(move |tx| {
+            touch(tx, &id, now)?;
+            let reason: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT revoked_reason FROM sessions WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(match reason {
+                Some(reason) => reason_from_db(reason),
+                None => Some(Reason::Revoked),
+            })
+        })
+        .await
     }
 
     async fn live_sessions(&self, user_id: &str, now: i64) -> Result<Vec<SessionListing>> {

@@ -35,6 +35,30 @@ async fn a_revocation_by_another_process_applies_after_the_poll() {
     app.login_as(&u.name, &u.password).await.ok();
 }
 
+/// The reconnect check asks the database: a revocation by another process
+/// (or instance) is refused there at once, before this one polls; the
+/// session's other requests are refused from then on too.
+#[tokio::test]
+async fn the_reconnect_check_sees_another_process_revocation_at_once() {
+    let app = App::new().await;
+    let u = app.user().await;
+    let other = app.user().await;
+    app.pull(u.access(), "").await.ok();
+    let cli = app.other_process().await;
+    cli.revoke_user(&u.name, latchkey_protocol::Reason::Revoked, now())
+        .await
+        .unwrap();
+    // Not polled yet: what this process remembers still says live.
+    app.pull(u.access(), "").await.ok();
+    let r = app.session(u.access()).await;
+    r.unauthorized();
+    assert_eq!(r.body["reason"], "revoked");
+    let r = app.pull(u.access(), "").await;
+    r.unauthorized();
+    assert_eq!(r.body["reason"], "revoked");
+    app.session(other.access()).await.ok();
+}
+
 #[tokio::test]
 async fn a_key_rotation_by_another_process_is_picked_up() {
     let app = App::new().await;

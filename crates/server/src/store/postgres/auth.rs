@@ -183,18 +183,26 @@ pub(super) async fn revoke(
 
 /// Moves a session's `last_seen_at` to `now`, unless it moved less than
 /// [`LAST_SEEN_STEP_SECS`] ago.
-pub(super) async fn touch(c: &impl GenericClient, session_id: &str, now: i64) -> Result<()> {
+pub(super) async fn touch(
+    c: &impl GenericClient,
+    session_id: &str,
+    now: i64,
+) -> Result<Option<Reason>> {
     if !storable(session_id) {
-        return Ok(());
+        return Ok(Some(Reason::Revoked));
     }
-    execute(
+    let row = query_opt(
         c,
-        "UPDATE sessions SET last_seen_at = $2 \
-         WHERE id = $1 AND last_seen_at < $2::int8 - $3::int8",
+        "WITH seen AS (UPDATE sessions SET last_seen_at = $2 \
+         WHERE id = $1 AND last_seen_at < $2::int8 - $3::int8) \
+         SELECT revoked_reason FROM sessions WHERE id = $1",
         &[&session_id, &now, &LAST_SEEN_STEP_SECS],
     )
     .await?;
-    Ok(())
+    Ok(match row {
+        Some(row) => reason_from_db(row.try_get(0)?),
+        None => Some(Reason::Revoked),
+    })
 }
 
 /// [`Store::refresh`](crate::store::Store::refresh) in its transaction:

@@ -360,7 +360,7 @@ impl Store for PgStore {
             .await?)
     }
 
-    async fn touch_session(&self, session_id: &str, now: i64) -> Result<()> {
+    async fn touch_session(&self, session_id: &str, now: i64) -> Result<Option<Reason>> {
         on_connection!(self, |c| auth::touch(c, session_id, now).await)
     }
 
