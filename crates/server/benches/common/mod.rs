@@ -158,11 +158,11 @@ pub async fn closed_loop<S: Step>(
                                 u32::try_from((done - started).as_micros()).unwrap_or(u32::MAX),
                             );
                         }
-                        conn = Some(c);
+                        conn = c.reusable().then_some(c);
                     }
                     Ok(false) => {
                         stats.errors += 1;
-                        conn = Some(c);
+                        conn = c.reusable().then_some(c);
                     }
                     Err(_) => stats.errors += 1,
                 }
@@ -185,6 +185,9 @@ pub async fn closed_loop<S: Step>(
 pub struct Conn {
     addr: SocketAddr,
     sender: SendRequest<Full<Bytes>>,
+    /// The peer said `Connection: close` (nginx does after
+    /// `keepalive_requests`, 1,000 by default).
+    closing: bool,
 }
 
 impl Conn {
@@ -195,7 +198,11 @@ impl Conn {
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        Ok(Self { addr, sender })
+        Ok(Self {
+            addr,
+            sender,
+            closing: false,
+        })
     }
 
     pub async fn send(
@@ -237,9 +244,20 @@ impl Conn {
         self.exchange(req).await
     }
 
+    /// Whether another request may go on this connection: a client opens a
+    /// new one when the peer closes it after an answer, as browsers and
+    /// `reqwest` do, and that is no error.
+    pub fn reusable(&self) -> bool {
+        !self.closing && !self.sender.is_closed()
+    }
+
     async fn exchange(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, Bytes)> {
         self.sender.ready().await?;
         let res = self.sender.send_request(req).await?;
+        self.closing = res
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let status = res.status();
         let bytes = res.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
