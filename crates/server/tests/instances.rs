@@ -31,18 +31,7 @@ impl Cluster {
         let db = PathBuf::from(test_db.arg());
         let user = (unique("user"), password());
         add_user(BIN.as_ref(), &db, &user.0, &user.1);
-        let port = free_port();
-        let issuer = format!("http://127.0.0.1:{port}");
-        let servers: Vec<ServerProcess> = (0..n)
-            .map(|_| {
-                Spawn::serve(&db)
-                    .bin(BIN)
-                    .args(["--issuer", &issuer, "--trusted-proxy", "127.0.0.1"])
-                    .start()
-            })
-            .collect();
-        let ports: Vec<u16> = servers.iter().map(ServerProcess::port).collect();
-        let nginx = Nginx::start(port, &ports);
+        let (servers, nginx) = behind_nginx(free_port(), n, || Spawn::serve(&db).bin(BIN));
         Cluster {
             _test_db: test_db,
             db,
