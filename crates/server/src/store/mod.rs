@@ -441,10 +441,45 @@ pub enum AttemptOutcome {
     Abandoned,
 }
 
+/// What a new attempt finds counted in the window: the start times of the
+/// failures that count (any order) and the attempts in flight, for the
+/// user at the address and for the address. Both stores count; these
+/// rules decide.
+#[derive(Debug, Default)]
+pub struct AttemptCounts {
+    pub user_failed: Vec<i64>,
+    pub user_in_flight: usize,
+    pub address_failed: Vec<i64>,
+    pub address_in_flight: usize,
+}
+
+impl AttemptCounts {
+    /// What is in the way of a new attempt: the longer block, else a wait;
+    /// `None`: nothing.
+    pub fn verdict(mut self, limits: AttemptLimits, now: i64) -> Option<AttemptStart> {
+        attempt_verdict(
+            attempt_check(
+                &mut self.user_failed,
+                self.user_in_flight,
+                limits.per_user,
+                limits.window,
+                now,
+            ),
+            attempt_check(
+                &mut self.address_failed,
+                self.address_in_flight,
+                limits.per_address,
+                limits.window,
+                now,
+            ),
+        )
+    }
+}
+
 /// What an attempt finds at one counter: the start times of the failures
 /// that count there (any order) and the attempts in flight, against
 /// `limit`. `None`: nothing in the way.
-pub fn attempt_check(
+fn attempt_check(
     failures: &mut [i64],
     in_flight: usize,
     limit: usize,
@@ -464,7 +499,7 @@ pub fn attempt_check(
 }
 
 /// Both counters' findings as one: the longer block, else a wait.
-pub fn attempt_verdict(
+fn attempt_verdict(
     user: Option<AttemptStart>,
     address: Option<AttemptStart>,
 ) -> Option<AttemptStart> {

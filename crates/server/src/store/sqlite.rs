@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use super::notes::{self, OpRow, parse_note_id, reason_from_db};
 use super::{
-    AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, DeletedUser, HISTORY_ANSWER_BYTES,
-    KeyRecord, LAST_SEEN_STEP_SECS, PullOutcome, REFRESH_RETRY_WINDOW_SECS, RefreshOutcome, Result,
-    RevChange, Revocation, ServerNoteBudget, SessionListing, SessionRecord, Store, StoreError,
-    TokenHash, UserRecord, attempt_check, attempt_verdict,
+    AttemptCounts, AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, DeletedUser,
+    HISTORY_ANSWER_BYTES, KeyRecord, LAST_SEEN_STEP_SECS, PullOutcome, REFRESH_RETRY_WINDOW_SECS,
+    RefreshOutcome, Result, RevChange, Revocation, ServerNoteBudget, SessionListing, SessionRecord,
+    Store, StoreError, TokenHash, UserRecord,
 };
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
@@ -1120,33 +1120,23 @@ impl Store for SqliteStore {
                     in_flight,
                 ))
             };
-            let (mut user_failed, user_in_flight) = counted(
+            let (user_failed, user_in_flight) = counted(
                 "SELECT started_at, state FROM login_attempts \
                  WHERE user_key = ?1 AND address = ?2 AND started_at > ?3 AND state IN (0, 1)",
                 true,
             )?;
-            let (mut addr_failed, addr_in_flight) = counted(
+            let (address_failed, address_in_flight) = counted(
                 "SELECT started_at, state FROM login_attempts \
                  WHERE address = ?1 AND started_at > ?2",
                 false,
             )?;
-            let verdict = attempt_verdict(
-                attempt_check(
-                    &mut user_failed,
-                    user_in_flight,
-                    limits.per_user,
-                    limits.window,
-                    now,
-                ),
-                attempt_check(
-                    &mut addr_failed,
-                    addr_in_flight,
-                    limits.per_address,
-                    limits.window,
-                    now,
-                ),
-            );
-            if let Some(verdict) = verdict {
+            let counts = AttemptCounts {
+                user_failed,
+                user_in_flight,
+                address_failed,
+                address_in_flight,
+            };
+            if let Some(verdict) = counts.verdict(limits, now) {
                 return Ok(verdict);
             }
             tx.prepare_cached(

@@ -1,13 +1,13 @@
 //! Sign-in throttling in PostgreSQL: the attempts of one client address
 //! are decided one at a time (an advisory lock on the address, held to
 //! commit), so parallel guesses through any number of instances never pass
-//! the limits. The rules are the shared ones ([`attempt_check`]).
+//! the limits. The rules are the shared ones ([`AttemptCounts`]).
 
 use deadpool_postgres::GenericClient;
 
 use super::{execute, query};
 use crate::store::{
-    AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, Result, attempt_check, attempt_verdict,
+    AttemptCounts, AttemptKey, AttemptLimits, AttemptOutcome, AttemptStart, Result,
 };
 
 /// The advisory-lock class of client addresses (the two-number form, so
@@ -37,41 +37,24 @@ pub(super) async fn begin(
         &[&key.address, &user, &since],
     )
     .await?;
-    let (mut user_failed, mut addr_failed) = (Vec::new(), Vec::new());
-    let (mut user_in_flight, mut addr_in_flight) = (0, 0);
+    let mut counts = AttemptCounts::default();
     for row in rows {
         let (at, state, mine): (i64, i16, bool) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         match state {
             0 => {
-                addr_in_flight += 1;
-                user_in_flight += usize::from(mine);
+                counts.address_in_flight += 1;
+                counts.user_in_flight += usize::from(mine);
             }
             _ => {
-                addr_failed.push(at);
+                counts.address_failed.push(at);
                 if mine && state == 1 {
-                    user_failed.push(at);
+                    counts.user_failed.push(at);
                 }
             }
         }
     }
-    let verdict = attempt_verdict(
-        attempt_check(
-            &mut user_failed,
-            user_in_flight,
-            limits.per_user,
-            limits.window,
-            now,
-        ),
-        attempt_check(
-            &mut addr_failed,
-            addr_in_flight,
-            limits.per_address,
-            limits.window,
-            now,
-        ),
-    );
-    if let Some(verdict) = verdict {
+    if let Some(verdict) = counts.verdict(limits, now) {
         return Ok(verdict);
     }
     let row = super::query_one(
