@@ -38,6 +38,16 @@ async fn a_note_and_an_edited_conflict_copy(
     (create, stale, copy_id)
 }
 
+/// 31 days pass for every op result but `keep`'s (an op id; "" for none):
+/// past the refresh-token lifetime, the prune takes them.
+fn a_month_passes_for_op_results_but(app: &App, keep: &str) {
+    sql(
+        app,
+        "UPDATE ops SET created_at = created_at - ?1 WHERE op_id != ?2",
+        &[(31 * 24 * 3600).into(), keep.into()],
+    );
+}
+
 /// The note `id` among a pull's changes.
 fn pulled(all: &Value, id: &str) -> Value {
     all["changes"]
@@ -585,14 +595,7 @@ async fn a_resent_op_whose_result_was_pruned_conflicts_and_keeps_its_text() {
     let recent = upsert(&uuid(), &uuid(), 0, "recent", "r");
     app.push_ok(u.access(), vec![recent.clone()]).await;
 
-    // 31 days pass for all but the recent op.
-    let month = 31 * 24 * 3600;
-    let recent_id = recent["op_id"].as_str().unwrap();
-    sql(
-        &app,
-        "UPDATE ops SET created_at = created_at - ?1 WHERE op_id != ?2",
-        &[month.into(), recent_id.into()],
-    );
+    a_month_passes_for_op_results_but(&app, recent["op_id"].as_str().unwrap());
     assert_eq!(app.state.prune_ops(now()).await.unwrap(), 5);
     assert_eq!(app.state.prune_ops(now()).await.unwrap(), 0);
     let again = app.push_ok(u.access(), vec![recent]).await;
@@ -633,11 +636,7 @@ async fn a_resent_op_conflicting_with_an_earlier_op_of_its_push_keeps_the_old_co
     let u = app.user().await;
     let n = uuid();
     let (_, stale, old_copy) = a_note_and_an_edited_conflict_copy(&app, &u, &n).await;
-    sql(
-        &app,
-        "UPDATE ops SET created_at = created_at - ?1",
-        &[(31 * 24 * 3600).into()],
-    );
+    a_month_passes_for_op_results_but(&app, "");
     assert_eq!(app.state.prune_ops(now()).await.unwrap(), 3);
 
     // A new note, and the old op resent on it, both based on nothing.
